@@ -1,0 +1,673 @@
+//! The HTTP API on 5723 (see `docs/protocol.md`).
+//!
+//! Every route but enrolment and health is bound to the appliance behind the verified client
+//! certificate ([`Appliance`] extractor): no certificate → 401; a certificate the store does
+//! not know, or whose appliance is pending or revoked → 403, before the body is read.
+//! Bodies are read with a cap; every refusal is a JSON [`ErrorBody`] naming what was wrong.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use outpost_proto::{
+    paths, ApplianceState, CollectorConfigDoc, Command, CommandList, CommandResult, EnrollRequest,
+    EnrollResponse, ErrorBody, IngestAck, IngestBatch, MAX_LONG_POLL_SECS, MAX_RECORDS_PER_BATCH,
+};
+use serde::Deserialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::ca::{self, Ca};
+use crate::config::GatewayConfig;
+use crate::error::{CsrError, StoreError};
+use crate::store::{now_ms, IngestOutcome, NewCert, Store};
+use crate::tls::PeerCert;
+
+/// Cap on enrolment and command-result bodies.
+pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+/// Cap on stored command output.
+pub const MAX_COMMAND_OUTPUT: usize = 64 * 1024;
+/// Seconds a pending appliance is told to wait before polling again.
+pub const ENROLL_RETRY_SECS: u64 = 3;
+/// A delivered command unanswered for this long is handed out again.
+pub const REDELIVER_AFTER: Duration = Duration::from_secs(120);
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// The CA (auto-approved enrolments are signed at once).
+    pub ca: Arc<Ca>,
+    /// Resolved config.
+    pub cfg: Arc<GatewayConfig>,
+    /// Bumped whenever the command queue changes.
+    pub commands_changed: watch::Receiver<u64>,
+    /// Flips to true when the gateway shuts down (ends long-polls early).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A refusal: status, code and message, sent as [`ErrorBody`] JSON.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    expected_seq: Option<u64>,
+}
+
+impl ApiError {
+    /// A refusal with a status, a short code and a message.
+    #[must_use]
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            expected_seq: None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { what, id } => Self::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no {what} {id}"),
+            ),
+            other => {
+                tracing::error!(error = %other, "store failure while handling a request");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the gateway's store failed; retry later",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::to_value(ErrorBody {
+            error: self.code.to_string(),
+            message: self.message,
+        })
+        .unwrap_or_default();
+        if let Some(seq) = self.expected_seq {
+            body["expected_seq"] = seq.into();
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+/// The appliance behind the request's client certificate, checked against the store.
+#[derive(Debug, Clone)]
+pub struct Appliance {
+    /// Its id.
+    pub id: String,
+}
+
+impl FromRequestParts<AppState> for Appliance {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<PeerCert>()
+            .cloned()
+            .unwrap_or_default();
+        let Some(der) = peer.0 else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "client_certificate_required",
+                format!(
+                    "{} needs a client certificate issued by the Outpost CA",
+                    parts.uri.path()
+                ),
+            ));
+        };
+        let fp = ca::fingerprint(&der);
+        let owner = state.store.cert_owner(&fp).await?;
+        match owner {
+            None => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "appliance_unknown",
+                "this certificate belongs to no enrolled appliance",
+            )),
+            Some(o) => match o.state {
+                ApplianceState::Approved => Ok(Self { id: o.appliance_id }),
+                ApplianceState::Pending => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "appliance_pending",
+                    format!("appliance {} is not approved", o.appliance_id),
+                )),
+                ApplianceState::Revoked => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "appliance_revoked",
+                    format!("appliance {} is revoked", o.appliance_id),
+                )),
+            },
+        }
+    }
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(paths::HEALTH, get(health))
+        .route(paths::ENROLL, post(enroll))
+        .route(paths::ENROLL_STATUS, get(enroll_status))
+        .route(paths::INGEST, post(ingest))
+        .route(paths::COMMANDS, get(commands))
+        .route(paths::COMMAND_RESULT, post(command_result))
+        .route(paths::CONFIG, get(config))
+        .fallback(fallback)
+        .with_state(state)
+}
+
+async fn fallback(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+/// Reads a body up to `cap` bytes; over the cap is 413 naming the cap.
+async fn read_body(body: Body, headers: &HeaderMap, cap: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body exceeds the cap of {cap} bytes"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > cap {
+            return Err(too_large());
+        }
+    }
+    axum::body::to_bytes(body, cap).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit")
+        {
+            too_large()
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("could not read the request body: {e}"),
+            )
+        }
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("{what} is not valid: {e}"),
+        )
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
+    let v = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    v.strip_prefix("Bearer ")
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_missing",
+                "enrolment needs a bootstrap token in \"Authorization: Bearer <token>\"",
+            )
+        })
+}
+
+fn token_unknown() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "token_unknown",
+        "the bootstrap token is not known to this gateway",
+    )
+}
+
+async fn enroll(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers)?;
+    let bytes = read_body(body, &headers, SMALL_BODY_BYTES).await?;
+    let req: EnrollRequest = parse_json(&bytes, "enrolment request")?;
+    let hostname: String = req
+        .hostname
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        .take(253)
+        .collect();
+    let csr = ca::check_csr(&req.csr_pem).map_err(|e| match e {
+        CsrError::WeakKey(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "csr_weak_key", e.to_string())
+        }
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "csr_invalid", e.to_string()),
+    })?;
+    let tok = st
+        .store
+        .find_token(&token)
+        .await?
+        .ok_or_else(token_unknown)?;
+    // The same key enrolling again (a retry after a lost answer) gets its enrolment back.
+    if let Some((id, token_id)) = st.store.appliance_by_key(&csr.key_fingerprint).await? {
+        if token_id != tok.id {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "key_already_enrolled",
+                format!("this key is already enrolled as {id} with another token"),
+            ));
+        }
+        return status_response(&st, &id).await;
+    }
+    let now = now_ms();
+    if now >= tok.expires_at {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "token_expired",
+            format!("bootstrap token {} has expired", tok.id),
+        ));
+    }
+    if tok.uses >= tok.max_uses {
+        return Err(token_used_up(&tok.id, tok.max_uses));
+    }
+    let id = crate::store::new_id("ap");
+    if !st
+        .store
+        .enroll_pending(
+            &tok,
+            &id,
+            &hostname,
+            &csr.key_fingerprint,
+            &req.csr_pem,
+            now,
+        )
+        .await?
+    {
+        return Err(token_used_up(&tok.id, tok.max_uses));
+    }
+    info!(appliance = %id, customer = %tok.customer, hostname = %hostname, "enrolment received");
+    if tok.auto_approve {
+        approve_with(&st.store, &st.ca, &st.cfg, &id, &req.csr_pem)
+            .await
+            .map_err(|e| {
+                tracing::error!(appliance = %id, error = %e, "auto-approval failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "approval_failed",
+                    "auto-approval failed; retry",
+                )
+            })?;
+        info!(appliance = %id, "approved by auto-approve token");
+    }
+    status_response(&st, &id).await
+}
+
+fn token_used_up(id: &str, max: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "token_used_up",
+        format!("bootstrap token {id} has been used {max} time(s), its limit"),
+    )
+}
+
+/// Issues a certificate for a pending appliance's stored CSR and marks it approved.
+///
+/// # Errors
+/// A description of what failed (CSR, signing or store).
+pub async fn approve_with(
+    store: &Store,
+    ca: &Ca,
+    cfg: &GatewayConfig,
+    id: &str,
+    csr_pem: &str,
+) -> Result<(), ApproveError> {
+    let csr = ca::check_csr(csr_pem).map_err(|e| ApproveError::Csr(e.to_string()))?;
+    let issued = ca
+        .issue(&csr, id, cfg.cert_lifetime, SystemTime::now())
+        .map_err(|e| ApproveError::Sign(e.to_string()))?;
+    store
+        .approve(
+            id,
+            &NewCert {
+                serial: &issued.serial_hex,
+                fingerprint: &issued.fingerprint,
+                pem: &issued.pem,
+                not_before: issued.not_before * 1000,
+                not_after: issued.not_after * 1000,
+            },
+            now_ms(),
+        )
+        .await
+        .map_err(ApproveError::Store)
+}
+
+/// Why an approval failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApproveError {
+    /// The stored CSR no longer passes the checks.
+    #[error("stored CSR is unusable: {0}")]
+    Csr(String),
+    /// Signing failed.
+    #[error("{0}")]
+    Sign(String),
+    /// The store refused.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+async fn status_response(st: &AppState, id: &str) -> Result<Response, ApiError> {
+    let d = st.store.appliance(id).await?;
+    match d.summary.state {
+        ApplianceState::Pending => Ok((
+            StatusCode::ACCEPTED,
+            Json(EnrollResponse {
+                id: id.to_string(),
+                state: ApplianceState::Pending,
+                certificate_pem: None,
+                ca_pem: None,
+                retry_after_secs: ENROLL_RETRY_SECS,
+            }),
+        )
+            .into_response()),
+        ApplianceState::Approved => {
+            let cert = st.store.latest_cert_pem(id).await?;
+            Ok(Json(EnrollResponse {
+                id: id.to_string(),
+                state: ApplianceState::Approved,
+                certificate_pem: cert,
+                ca_pem: Some(st.ca.cert_pem.clone()),
+                retry_after_secs: 0,
+            })
+            .into_response())
+        }
+        ApplianceState::Revoked => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "appliance_revoked",
+            format!("appliance {id} is revoked"),
+        )),
+    }
+}
+
+async fn enroll_status(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers)?;
+    let tok = st
+        .store
+        .find_token(&token)
+        .await?
+        .ok_or_else(token_unknown)?;
+    let d = st.store.appliance(&id).await?;
+    if d.token_id != tok.id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "token_mismatch",
+            format!("appliance {id} did not enrol with this token"),
+        ));
+    }
+    status_response(&st, &id).await
+}
+
+async fn ingest(
+    State(st): State<AppState>,
+    who: Appliance,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<IngestAck>, ApiError> {
+    let cap = usize::try_from(st.cfg.max_body_bytes).unwrap_or(usize::MAX);
+    let bytes = read_body(body, &headers, cap).await?;
+    let zstd = match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        None | Some("identity") => false,
+        Some("zstd") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad_encoding",
+                format!("Content-Encoding {other:?} is not supported; use zstd"),
+            ))
+        }
+    };
+    let max_plain = usize::try_from(st.cfg.max_decompressed_bytes).unwrap_or(usize::MAX);
+    let batch = tokio::task::spawn_blocking(move || decode_batch(&bytes, zstd, max_plain))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    if batch.seq == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_seq",
+            "seq starts at 1",
+        ));
+    }
+    match st
+        .store
+        .ingest(&who.id, batch.seq, &batch.records, now_ms())
+        .await?
+    {
+        IngestOutcome::Stored(seq) => Ok(Json(IngestAck {
+            acked_seq: seq,
+            duplicate: false,
+        })),
+        IngestOutcome::Duplicate(last) => Ok(Json(IngestAck {
+            acked_seq: last,
+            duplicate: true,
+        })),
+        IngestOutcome::Gap { expected } => {
+            warn!(appliance = %who.id, seq = batch.seq, expected, "batch from the future refused");
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                "sequence_gap",
+                format!(
+                    "batch seq {} is ahead of the store; expected {expected}",
+                    batch.seq
+                ),
+            );
+            e.expected_seq = Some(expected);
+            Err(e)
+        }
+    }
+}
+
+/// Decompresses (with a cap on the output) and parses one batch.
+fn decode_batch(bytes: &[u8], zstd: bool, max_plain: usize) -> Result<IngestBatch, ApiError> {
+    let plain = if zstd {
+        let dec = zstd::stream::read::Decoder::new(bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_encoding",
+                format!("zstd: {e}"),
+            )
+        })?;
+        let mut out = Vec::new();
+        dec.take(max_plain as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_encoding",
+                    format!("body is not valid zstd: {e}"),
+                )
+            })?;
+        if out.len() > max_plain {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("decompressed batch exceeds the cap of {max_plain} bytes"),
+            ));
+        }
+        out
+    } else {
+        bytes.to_vec()
+    };
+    let batch: IngestBatch = parse_json(&plain, "ingest batch")?;
+    if batch.records.len() > MAX_RECORDS_PER_BATCH {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_records",
+            format!(
+                "batch holds {} records; the limit is {MAX_RECORDS_PER_BATCH}",
+                batch.records.len()
+            ),
+        ));
+    }
+    Ok(batch)
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    wait: Option<String>,
+}
+
+async fn commands(
+    State(st): State<AppState>,
+    who: Appliance,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<CommandList>, ApiError> {
+    let wait = match q.wait.as_deref() {
+        None | Some("0") => Duration::ZERO,
+        Some(w) => outpost_proto::parse_duration(w)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_wait", e.to_string()))?
+            .min(Duration::from_secs(MAX_LONG_POLL_SECS)),
+    };
+    st.store.touch(&who.id, now_ms()).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changed = st.commands_changed.clone();
+    let mut shutdown = st.shutdown.clone();
+    loop {
+        changed.borrow_and_update();
+        let rows = st
+            .store
+            .take_commands(&who.id, now_ms(), REDELIVER_AFTER)
+            .await?;
+        if !rows.is_empty() || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
+            let commands = rows
+                .into_iter()
+                .map(|r| Command {
+                    id: r.id,
+                    kind: r.kind,
+                    args: r.args,
+                    created_at_ms: r.created_at,
+                })
+                .collect();
+            return Ok(Json(CommandList { commands }));
+        }
+        tokio::select! {
+            _ = changed.changed() => {}
+            _ = shutdown.changed() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+async fn command_result(
+    State(st): State<AppState>,
+    who: Appliance,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let bytes = read_body(body, &headers, SMALL_BODY_BYTES).await?;
+    let res: CommandResult = parse_json(&bytes, "command result")?;
+    let mut output = res.output;
+    if output.len() > MAX_COMMAND_OUTPUT {
+        let mut cut = MAX_COMMAND_OUTPUT;
+        while !output.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        output.truncate(cut);
+    }
+    st.store
+        .complete_command(&who.id, &id, res.ok, &output, now_ms())
+        .await?;
+    info!(appliance = %who.id, command = %id, ok = res.ok, "command result stored");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn config(State(_st): State<AppState>, _who: Appliance, headers: HeaderMap) -> Response {
+    let doc = CollectorConfigDoc::default();
+    let body = serde_json::to_vec(&doc).unwrap_or_default();
+    let etag = format!("\"{}\"", &outpost_proto::content_hash(&doc)[..32]);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\""));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
+    }
+    (
+        StatusCode::OK,
+        [
+            (header::ETAG, etag_value),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_refuses_bad_zstd_and_bombs() {
+        let e = decode_batch(b"not zstd at all", true, 1024).unwrap_err();
+        assert_eq!(e.code, "bad_encoding");
+        let big = zstd::encode_all(&vec![b' '; 10_000][..], 3).unwrap();
+        let e = decode_batch(&big, true, 1024).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let e = decode_batch(b"{not json", false, 1024).unwrap_err();
+        assert_eq!(e.code, "bad_json");
+        let ok = zstd::encode_all(&br#"{"seq":3,"records":[]}"#[..], 3).unwrap();
+        assert_eq!(decode_batch(&ok, true, 1024).unwrap().seq, 3);
+    }
+}

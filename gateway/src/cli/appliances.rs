@@ -1,0 +1,235 @@
+//! `outpost-gateway appliances`.
+
+use outpost_gateway::api::approve_with;
+use outpost_gateway::ca::Ca;
+use outpost_gateway::store::{now_ms, ApplianceDetail};
+use outpost_proto::ApplianceState;
+use serde_json::{json, Value};
+
+use super::{open, rfc3339, rfc3339_json, runtime, CliError, ConfigArg};
+
+/// Appliance commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum AppliancesCmd {
+    /// List every appliance.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one appliance: state, certificate, last contact, inventory, latest metrics.
+    Show {
+        /// Appliance id (ap-…).
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending appliance: the CA signs its certificate.
+    Approve {
+        /// Appliance id (ap-…).
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revoke an appliance: its certificate is refused from the next request on.
+    Revoke {
+        /// Appliance id (ap-…).
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+pub fn run(c: AppliancesCmd) -> Result<(), CliError> {
+    runtime()?.block_on(async move {
+        match c {
+            AppliancesCmd::List { config, json } => {
+                let (_, store) = open(&config.config).await?;
+                let list = store.list_appliances().await?;
+                store.close().await;
+                if json {
+                    let arr: Vec<Value> = list
+                        .iter()
+                        .map(|a| {
+                            json!({
+                                "id": a.id, "state": a.state, "customer": a.customer,
+                                "hostname": a.hostname, "enrolled_at": rfc3339(a.enrolled_at),
+                                "last_seen": rfc3339_json(a.last_seen),
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&arr).unwrap_or_default());
+                } else {
+                    println!(
+                        "{:<16} {:<9} {:<20} {:<24} LAST SEEN",
+                        "ID", "STATE", "CUSTOMER", "HOSTNAME"
+                    );
+                    for a in &list {
+                        let seen = a.last_seen.map_or_else(|| "never".to_string(), rfc3339);
+                        println!(
+                            "{:<16} {:<9} {:<20} {:<24} {seen}",
+                            a.id,
+                            a.state.as_str(),
+                            a.customer,
+                            a.hostname
+                        );
+                    }
+                    if list.is_empty() {
+                        println!("(no appliances yet)");
+                    }
+                }
+                Ok(())
+            }
+            AppliancesCmd::Show { id, config, json } => {
+                let (_, store) = open(&config.config).await?;
+                let d = store.appliance(&id).await?;
+                store.close().await;
+                let v = detail_json(&d);
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    print_detail(&v);
+                }
+                Ok(())
+            }
+            AppliancesCmd::Approve { id, config } => {
+                let (cfg, store) = open(&config.config).await?;
+                let d = store.appliance(&id).await?;
+                if d.summary.state == ApplianceState::Approved {
+                    println!("{id} is already approved");
+                    return Ok(());
+                }
+                let ca = Ca::load(&cfg.ca_cert, &cfg.ca_key)?;
+                approve_with(&store, &ca, &cfg, &id, &d.csr_pem)
+                    .await
+                    .map_err(|e| match e {
+                        outpost_gateway::api::ApproveError::Store(s) => CliError::Store(s),
+                        other => CliError::Runtime(other.to_string()),
+                    })?;
+                store.close().await;
+                tracing::info!(appliance = %id, "approved");
+                println!("approved {id}; it receives its certificate on its next poll");
+                Ok(())
+            }
+            AppliancesCmd::Revoke { id, config } => {
+                let (_, store) = open(&config.config).await?;
+                store.revoke(&id, now_ms()).await?;
+                store.close().await;
+                tracing::info!(appliance = %id, "revoked");
+                println!("revoked {id}; its certificate is refused from its next request");
+                Ok(())
+            }
+        }
+    })
+}
+
+fn parse_or_null(s: Option<&String>) -> Value {
+    s.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn detail_json(d: &ApplianceDetail) -> Value {
+    let s = &d.summary;
+    json!({
+        "id": s.id,
+        "state": s.state,
+        "customer": s.customer,
+        "hostname": s.hostname,
+        "enrolled_at": rfc3339(s.enrolled_at),
+        "approved_at": rfc3339_json(d.approved_at),
+        "revoked_at": rfc3339_json(d.revoked_at),
+        "last_seen": rfc3339_json(s.last_seen),
+        "cert_serial": d.certificate.as_ref().map(|c| c.0.clone()),
+        "cert_not_after": rfc3339_json(d.certificate.as_ref().map(|c| c.1)),
+        "last_seq": d.last_seq,
+        "batches": d.batches,
+        "records": d.records,
+        "inventory": parse_or_null(d.inventory_json.as_ref()),
+        "inventory_at": rfc3339_json(d.inventory_at),
+        "latest_metrics": parse_or_null(d.metrics_json.as_ref()),
+        "latest_metrics_at": rfc3339_json(d.metrics_at),
+    })
+}
+
+fn print_detail(v: &Value) {
+    let s = |k: &str| match &v[k] {
+        Value::Null => "-".to_string(),
+        Value::String(t) => t.clone(),
+        other => other.to_string(),
+    };
+    for k in [
+        "id",
+        "state",
+        "customer",
+        "hostname",
+        "enrolled_at",
+        "approved_at",
+        "revoked_at",
+        "last_seen",
+        "cert_serial",
+        "cert_not_after",
+        "last_seq",
+        "batches",
+        "records",
+    ] {
+        println!("{k:<15} {}", s(k));
+    }
+    let inv = &v["inventory"];
+    if inv.is_null() {
+        println!("inventory       (none received yet)");
+    } else {
+        println!("inventory       (collected {})", s("inventory_at"));
+        println!(
+            "  os            {} {}",
+            inv["os_name"].as_str().unwrap_or("?"),
+            inv["os_version"].as_str().unwrap_or("")
+        );
+        println!(
+            "  kernel        {}",
+            inv["kernel_version"].as_str().unwrap_or("?")
+        );
+        println!(
+            "  cpus          {} x {}",
+            inv["cpu_count"],
+            inv["cpu_brand"].as_str().unwrap_or("?")
+        );
+        println!(
+            "  memory        {} MiB",
+            inv["memory_total_bytes"].as_u64().unwrap_or(0) / (1024 * 1024)
+        );
+        println!(
+            "  disks         {}",
+            inv["disks"].as_array().map_or(0, Vec::len)
+        );
+        println!(
+            "  filesystems   {}",
+            inv["filesystems"].as_array().map_or(0, Vec::len)
+        );
+        println!(
+            "  nics          {}",
+            inv["nics"].as_array().map_or(0, Vec::len)
+        );
+    }
+    let m = &v["latest_metrics"];
+    if m.is_null() {
+        println!("metrics         (none received yet)");
+    } else {
+        println!("metrics         (collected {})", s("latest_metrics_at"));
+        println!("  uptime        {} s", m["uptime_secs"]);
+        println!("  load          {}", m["load_avg"]);
+        println!(
+            "  cpu           {:.1} %",
+            m["cpu_usage_percent"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "  memory used   {} MiB",
+            m["memory_used_bytes"].as_u64().unwrap_or(0) / (1024 * 1024)
+        );
+        println!("  processes     {}", m["process_count"]);
+    }
+}

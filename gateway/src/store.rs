@@ -1,0 +1,1045 @@
+//! The gateway's store: tokens, appliances, certificates, telemetry and commands.
+//!
+//! One schema and one set of SQL statements serve both engines through `sqlx::Any`:
+//! embedded SQLite (WAL, `synchronous=FULL`, a single writer connection so write
+//! transactions never fight over the lock) for a lone gateway, PostgreSQL for a pool.
+//! Statements use `$N` placeholders, which both drivers map by number.
+//!
+//! Ingest is exactly-once: a batch, its records and the appliance's new `last_seq` are
+//! written in one transaction, guarded by a compare-and-set on `last_seq` so two gateways
+//! of a pool can never both store the same sequence.
+
+use std::time::Duration;
+
+use outpost_proto::{ApplianceState, Record};
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::config::StoreLocation;
+use crate::error::StoreError;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The current time in unix milliseconds.
+#[must_use]
+pub fn now_ms() -> Millis {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// sha256 (hex) of a bootstrap token: tokens are stored hashed, never in clear.
+#[must_use]
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+/// A bootstrap token as stored (the token itself is not: only its hash).
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    /// Token id (`tk-…`).
+    pub id: String,
+    /// Customer the enrolled appliances belong to.
+    pub customer: String,
+    /// Expiry, unix ms.
+    pub expires_at: Millis,
+    /// How many enrolments it allows.
+    pub max_uses: i64,
+    /// How many it has had.
+    pub uses: i64,
+    /// Whether enrolments are approved at once.
+    pub auto_approve: bool,
+}
+
+/// An appliance as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApplianceSummary {
+    /// Id (`ap-…`).
+    pub id: String,
+    /// State.
+    pub state: ApplianceState,
+    /// Customer.
+    pub customer: String,
+    /// Host name it reported at enrolment.
+    pub hostname: String,
+    /// Enrolment time, unix ms.
+    pub enrolled_at: Millis,
+    /// Last authenticated contact, unix ms.
+    pub last_seen: Option<Millis>,
+}
+
+/// Everything `appliances show` prints.
+#[derive(Debug, Clone)]
+pub struct ApplianceDetail {
+    /// Summary fields.
+    pub summary: ApplianceSummary,
+    /// Approval time.
+    pub approved_at: Option<Millis>,
+    /// Revocation time.
+    pub revoked_at: Option<Millis>,
+    /// Highest stored batch sequence.
+    pub last_seq: i64,
+    /// Batches stored.
+    pub batches: i64,
+    /// Records stored.
+    pub records: i64,
+    /// Latest inventory (JSON text).
+    pub inventory_json: Option<String>,
+    /// When it was collected.
+    pub inventory_at: Option<Millis>,
+    /// Latest metrics (JSON text).
+    pub metrics_json: Option<String>,
+    /// When they were collected.
+    pub metrics_at: Option<Millis>,
+    /// Current certificate: serial hex and not-after (unix ms).
+    pub certificate: Option<(String, Millis)>,
+    /// The CSR it enrolled with (used to issue on approval).
+    pub csr_pem: String,
+    /// Token it enrolled with.
+    pub token_id: String,
+}
+
+/// What an mTLS request's certificate maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertOwner {
+    /// Appliance id.
+    pub appliance_id: String,
+    /// Its state now.
+    pub state: ApplianceState,
+}
+
+/// A certificate to record at issue time.
+#[derive(Debug, Clone)]
+pub struct NewCert<'a> {
+    /// Serial hex.
+    pub serial: &'a str,
+    /// sha256 of DER, hex.
+    pub fingerprint: &'a str,
+    /// PEM.
+    pub pem: &'a str,
+    /// Validity, unix ms.
+    pub not_before: Millis,
+    /// Validity, unix ms.
+    pub not_after: Millis,
+}
+
+/// Outcome of storing a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Stored; the new highest sequence.
+    Stored(u64),
+    /// Stored before; nothing written. Carries the highest stored sequence.
+    Duplicate(u64),
+    /// A sequence from the future; the one expected next.
+    Gap {
+        /// Next sequence the gateway accepts.
+        expected: u64,
+    },
+}
+
+/// A command row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CommandRow {
+    /// Id (`cmd-…`).
+    pub id: String,
+    /// Appliance.
+    pub appliance_id: String,
+    /// Kind.
+    pub kind: String,
+    /// JSON arguments.
+    pub args: serde_json::Value,
+    /// queued | delivered | done | failed.
+    pub state: String,
+    /// Output of the result, if any.
+    pub output: Option<String>,
+    /// Queue time.
+    pub created_at: Millis,
+    /// Completion time.
+    pub completed_at: Option<Millis>,
+}
+
+/// Connection to the store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    read: AnyPool,
+    write: AnyPool,
+    is_sqlite: bool,
+}
+
+/// A random id with a prefix: `ap-` + 12 hex characters.
+#[must_use]
+pub fn new_id(prefix: &str) -> String {
+    let b: [u8; 6] = rand::random();
+    format!("{prefix}-{}", hex::encode(b))
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] or [`StoreError::Migrate`] naming the (redacted) location.
+    pub async fn open(location: &StoreLocation) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let shown = location.redacted();
+        let open_err = |source| StoreError::Open {
+            location: shown.clone(),
+            source,
+        };
+        let (read, write, is_sqlite) = match location {
+            StoreLocation::Sqlite(path) => {
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                let opts = || {
+                    AnyPoolOptions::new()
+                        .acquire_timeout(Duration::from_secs(30))
+                        .after_connect(|conn, _| {
+                            Box::pin(async move {
+                                use sqlx::Executor;
+                                conn.execute("PRAGMA busy_timeout = 10000").await?;
+                                conn.execute("PRAGMA synchronous = FULL").await?;
+                                conn.execute("PRAGMA foreign_keys = ON").await?;
+                                Ok(())
+                            })
+                        })
+                };
+                let write = opts()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .map_err(open_err)?;
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&write)
+                    .await
+                    .map_err(open_err)?;
+                let read = opts()
+                    .max_connections(4)
+                    .connect(&url)
+                    .await
+                    .map_err(open_err)?;
+                (read, write, true)
+            }
+            StoreLocation::Postgres(url) => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(url)
+                    .await
+                    .map_err(open_err)?;
+                (pool.clone(), pool, false)
+            }
+        };
+        sqlx::migrate!("./migrations")
+            .run(&write)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                location: shown.clone(),
+                source,
+            })?;
+        Ok(Self {
+            read,
+            write,
+            is_sqlite,
+        })
+    }
+
+    /// Whether this is the embedded SQLite store.
+    #[must_use]
+    pub fn is_sqlite(&self) -> bool {
+        self.is_sqlite
+    }
+
+    /// Closes the pools, flushing SQLite's WAL.
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    // ---- tokens -------------------------------------------------------------------------
+
+    /// Creates a bootstrap token and returns it in clear (the only time it exists so).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn create_token(
+        &self,
+        customer: &str,
+        ttl: Duration,
+        max_uses: u32,
+        auto_approve: bool,
+        now: Millis,
+    ) -> Result<(String, String), StoreError> {
+        use base64::Engine;
+        let secret: [u8; 32] = rand::random();
+        let token = format!(
+            "opb_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
+        let id = new_id("tk");
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO tokens (id, token_hash, customer, created_at, expires_at, max_uses, uses, auto_approve)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
+        )
+        .bind(&id)
+        .bind(hash_token(&token))
+        .bind(customer)
+        .bind(now)
+        .bind(now.saturating_add(ttl_ms))
+        .bind(i64::from(max_uses))
+        .bind(i64::from(auto_approve))
+        .execute(&self.write)
+        .await
+        .map_err(q("create token"))?;
+        Ok((id, token))
+    }
+
+    /// Finds a token by its clear text.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn find_token(&self, token: &str) -> Result<Option<TokenRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, customer, expires_at, max_uses, uses, auto_approve FROM tokens WHERE token_hash = $1",
+        )
+        .bind(hash_token(token))
+        .fetch_optional(&self.read)
+        .await
+        .map_err(q("find token"))?;
+        Ok(row.map(|r| TokenRow {
+            id: r.get(0),
+            customer: r.get(1),
+            expires_at: r.get(2),
+            max_uses: r.get(3),
+            uses: r.get(4),
+            auto_approve: r.get::<i64, _>(5) != 0,
+        }))
+    }
+
+    // ---- enrolment ----------------------------------------------------------------------
+
+    /// The appliance that enrolled with this key, if any: `(id, token_id)`.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn appliance_by_key(
+        &self,
+        key_fingerprint: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query("SELECT id, token_id FROM appliances WHERE key_fingerprint = $1")
+            .bind(key_fingerprint)
+            .fetch_optional(&self.write)
+            .await
+            .map_err(q("find appliance by key"))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Consumes one use of a token and records a pending appliance, in one transaction.
+    /// Returns `false` (and writes nothing) when the token has no use left.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn enroll_pending(
+        &self,
+        token: &TokenRow,
+        id: &str,
+        hostname: &str,
+        key_fingerprint: &str,
+        csr_pem: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await.map_err(q("begin enrol"))?;
+        let used =
+            sqlx::query("UPDATE tokens SET uses = uses + 1 WHERE id = $1 AND uses < max_uses")
+                .bind(&token.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("consume token"))?;
+        if used.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO appliances (id, customer, state, hostname, token_id, key_fingerprint, csr_pem, enrolled_at)
+             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(&token.customer)
+        .bind(hostname)
+        .bind(&token.id)
+        .bind(key_fingerprint)
+        .bind(csr_pem)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("insert appliance"))?;
+        tx.commit().await.map_err(q("commit enrol"))?;
+        Ok(true)
+    }
+
+    /// Marks a pending appliance approved and records its first certificate, in one
+    /// transaction. Approving an approved appliance is refused with `BadTransition`
+    /// only when it is revoked; an already approved one is left as it is.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::BadTransition`], [`StoreError::Query`].
+    pub async fn approve(
+        &self,
+        id: &str,
+        cert: &NewCert<'_>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await.map_err(q("begin approve"))?;
+        let changed = sqlx::query(
+            "UPDATE appliances SET state = 'approved', approved_at = $2 WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("approve appliance"))?;
+        if changed.rows_affected() != 1 {
+            drop(tx);
+            let state = self.state_of(id).await?;
+            return Err(StoreError::BadTransition {
+                id: id.to_string(),
+                state: state.to_string(),
+                op: "approve",
+            });
+        }
+        insert_cert(&mut tx, id, cert, now).await?;
+        tx.commit().await.map_err(q("commit approve"))?;
+        Ok(())
+    }
+
+    /// Revokes an appliance: its certificates are refused from the next request on.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::BadTransition`] (already revoked).
+    pub async fn revoke(&self, id: &str, now: Millis) -> Result<(), StoreError> {
+        let changed = sqlx::query(
+            "UPDATE appliances SET state = 'revoked', revoked_at = $2 WHERE id = $1 AND state <> 'revoked'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.write)
+        .await
+        .map_err(q("revoke appliance"))?;
+        if changed.rows_affected() != 1 {
+            let state = self.state_of(id).await?;
+            return Err(StoreError::BadTransition {
+                id: id.to_string(),
+                state: state.to_string(),
+                op: "revoke",
+            });
+        }
+        Ok(())
+    }
+
+    async fn state_of(&self, id: &str) -> Result<ApplianceState, StoreError> {
+        let row = sqlx::query("SELECT state FROM appliances WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.write)
+            .await
+            .map_err(q("read state"))?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "appliance",
+                id: id.to_string(),
+            })?;
+        parse_state(id, &row.get::<String, _>(0))
+    }
+
+    /// The newest certificate of an appliance (PEM).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn latest_cert_pem(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT pem FROM certificates WHERE appliance_id = $1 ORDER BY issued_at DESC, serial DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(q("latest certificate"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Who holds the certificate with this fingerprint, and in what state.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn cert_owner(&self, fingerprint: &str) -> Result<Option<CertOwner>, StoreError> {
+        let row = sqlx::query(
+            "SELECT a.id, a.state FROM certificates c JOIN appliances a ON a.id = c.appliance_id
+             WHERE c.fingerprint = $1",
+        )
+        .bind(fingerprint)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(q("find certificate owner"))?;
+        row.map(|r| {
+            let id: String = r.get(0);
+            let state = parse_state(&id, &r.get::<String, _>(1))?;
+            Ok(CertOwner {
+                appliance_id: id,
+                state,
+            })
+        })
+        .transpose()
+    }
+
+    // ---- listing ------------------------------------------------------------------------
+
+    /// All appliances, oldest enrolment first.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`], [`StoreError::Corrupt`].
+    pub async fn list_appliances(&self) -> Result<Vec<ApplianceSummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, state, customer, hostname, enrolled_at, last_seen FROM appliances ORDER BY enrolled_at, id",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(q("list appliances"))?;
+        rows.iter().map(summary_from_row).collect()
+    }
+
+    /// One appliance in full.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Query`].
+    pub async fn appliance(&self, id: &str) -> Result<ApplianceDetail, StoreError> {
+        let r = sqlx::query(
+            "SELECT id, state, customer, hostname, enrolled_at, last_seen,
+                    approved_at, revoked_at, last_seq, batches, records,
+                    inventory_json, inventory_at, metrics_json, metrics_at, csr_pem, token_id
+             FROM appliances WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(q("show appliance"))?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "appliance",
+            id: id.to_string(),
+        })?;
+        let cert = sqlx::query(
+            "SELECT serial, not_after FROM certificates WHERE appliance_id = $1 ORDER BY issued_at DESC, serial DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(q("show certificate"))?;
+        Ok(ApplianceDetail {
+            summary: summary_from_row(&r)?,
+            approved_at: r.get(6),
+            revoked_at: r.get(7),
+            last_seq: r.get(8),
+            batches: r.get(9),
+            records: r.get(10),
+            inventory_json: r.get(11),
+            inventory_at: r.get(12),
+            metrics_json: r.get(13),
+            metrics_at: r.get(14),
+            csr_pem: r.get(15),
+            token_id: r.get(16),
+            certificate: cert.map(|c| (c.get(0), c.get(1))),
+        })
+    }
+
+    // ---- telemetry ----------------------------------------------------------------------
+
+    /// Stores one batch exactly once (see the module docs).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`]; nothing is stored then.
+    pub async fn ingest(
+        &self,
+        appliance_id: &str,
+        seq: u64,
+        records: &[Record],
+        now: Millis,
+    ) -> Result<IngestOutcome, StoreError> {
+        let seq_i = i64::try_from(seq).unwrap_or(i64::MAX);
+        let mut tx = self.write.begin().await.map_err(q("begin ingest"))?;
+        let last: i64 = sqlx::query("SELECT last_seq FROM appliances WHERE id = $1")
+            .bind(appliance_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("read last_seq"))?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "appliance",
+                id: appliance_id.to_string(),
+            })?
+            .get(0);
+        let last_u = u64::try_from(last).unwrap_or(0);
+        if seq <= last_u {
+            return Ok(IngestOutcome::Duplicate(last_u));
+        }
+        if seq != last_u + 1 {
+            return Ok(IngestOutcome::Gap {
+                expected: last_u + 1,
+            });
+        }
+        let count = i64::try_from(records.len()).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO batches (appliance_id, seq, received_at, record_count) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(appliance_id)
+        .bind(seq_i)
+        .bind(now)
+        .bind(count)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("insert batch"))?;
+        let mut inventory: Option<(String, String, Millis)> = None;
+        let mut metrics: Option<(String, Millis)> = None;
+        for (idx, rec) in records.iter().enumerate() {
+            let body = serde_json::to_string(rec).map_err(|e| StoreError::Corrupt {
+                what: "record",
+                id: appliance_id.to_string(),
+                reason: e.to_string(),
+            })?;
+            sqlx::query(
+                "INSERT INTO records (appliance_id, seq, idx, kind, collected_at, body) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(appliance_id)
+            .bind(seq_i)
+            .bind(i64::try_from(idx).unwrap_or(i64::MAX))
+            .bind(rec.kind())
+            .bind(rec.collected_at_ms())
+            .bind(body)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("insert record"))?;
+            match rec {
+                Record::Inventory {
+                    collected_at_ms,
+                    hash,
+                    inventory: inv,
+                } => {
+                    let json = serde_json::to_string(inv).unwrap_or_default();
+                    inventory = Some((json, hash.clone(), *collected_at_ms));
+                }
+                Record::Metrics {
+                    collected_at_ms,
+                    metrics: m,
+                } => {
+                    let json = serde_json::to_string(m).unwrap_or_default();
+                    metrics = Some((json, *collected_at_ms));
+                }
+            }
+        }
+        let updated = sqlx::query(
+            "UPDATE appliances SET last_seq = $2, batches = batches + 1, records = records + $3, last_seen = $4
+             WHERE id = $1 AND last_seq = $5",
+        )
+        .bind(appliance_id)
+        .bind(seq_i)
+        .bind(count)
+        .bind(now)
+        .bind(last)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("advance last_seq"))?;
+        if updated.rows_affected() != 1 {
+            // Another gateway of the pool stored this sequence meanwhile.
+            return Ok(IngestOutcome::Duplicate(seq));
+        }
+        if let Some((json, hash, at)) = inventory {
+            sqlx::query(
+                "UPDATE appliances SET inventory_json = $2, inventory_hash = $3, inventory_at = $4 WHERE id = $1",
+            )
+            .bind(appliance_id)
+            .bind(json)
+            .bind(hash)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("update inventory"))?;
+        }
+        if let Some((json, at)) = metrics {
+            sqlx::query("UPDATE appliances SET metrics_json = $2, metrics_at = $3 WHERE id = $1")
+                .bind(appliance_id)
+                .bind(json)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("update metrics"))?;
+        }
+        tx.commit().await.map_err(q("commit ingest"))?;
+        Ok(IngestOutcome::Stored(seq))
+    }
+
+    /// Counts stored records of a kind for an appliance.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn count_records(&self, appliance_id: &str, kind: &str) -> Result<i64, StoreError> {
+        let r = sqlx::query("SELECT COUNT(*) FROM records WHERE appliance_id = $1 AND kind = $2")
+            .bind(appliance_id)
+            .bind(kind)
+            .fetch_one(&self.read)
+            .await
+            .map_err(q("count records"))?;
+        Ok(r.get(0))
+    }
+
+    /// Notes contact from an appliance.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn touch(&self, appliance_id: &str, now: Millis) -> Result<(), StoreError> {
+        sqlx::query("UPDATE appliances SET last_seen = $2 WHERE id = $1")
+            .bind(appliance_id)
+            .bind(now)
+            .execute(&self.write)
+            .await
+            .map_err(q("update last_seen"))?;
+        Ok(())
+    }
+
+    // ---- commands -----------------------------------------------------------------------
+
+    /// Queues a command for an appliance; returns its id.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown appliance, [`StoreError::Query`].
+    pub async fn queue_command(
+        &self,
+        appliance_id: &str,
+        kind: &str,
+        args: &serde_json::Value,
+        now: Millis,
+    ) -> Result<String, StoreError> {
+        self.state_of(appliance_id).await?;
+        let id = new_id("cmd");
+        sqlx::query(
+            "INSERT INTO commands (id, appliance_id, kind, args, state, created_at) VALUES ($1, $2, $3, $4, 'queued', $5)",
+        )
+        .bind(&id)
+        .bind(appliance_id)
+        .bind(kind)
+        .bind(args.to_string())
+        .bind(now)
+        .execute(&self.write)
+        .await
+        .map_err(q("queue command"))?;
+        Ok(id)
+    }
+
+    /// Commands to hand to an appliance: queued ones, and delivered ones unanswered for
+    /// longer than `redeliver_after` (the appliance may have lost them). Marks them delivered.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn take_commands(
+        &self,
+        appliance_id: &str,
+        now: Millis,
+        redeliver_after: Duration,
+    ) -> Result<Vec<CommandRow>, StoreError> {
+        let cutoff = now - i64::try_from(redeliver_after.as_millis()).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT id, appliance_id, kind, args, state, output, created_at, completed_at FROM commands
+             WHERE appliance_id = $1 AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $2))
+             ORDER BY created_at, id LIMIT 100",
+        )
+        .bind(appliance_id)
+        .bind(cutoff)
+        .fetch_all(&self.read)
+        .await
+        .map_err(q("take commands"))?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cmds: Vec<CommandRow> = rows.iter().map(command_from_row).collect();
+        for c in &cmds {
+            sqlx::query(
+                "UPDATE commands SET state = 'delivered', delivered_at = $2 WHERE id = $1 AND state IN ('queued', 'delivered')",
+            )
+            .bind(&c.id)
+            .bind(now)
+            .execute(&self.write)
+            .await
+            .map_err(q("mark command delivered"))?;
+        }
+        Ok(cmds)
+    }
+
+    /// A cheap fingerprint of the queue: changes whenever a command is queued.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn command_queue_mark(&self) -> Result<(i64, i64), StoreError> {
+        let r = sqlx::query(
+            "SELECT COUNT(*), COALESCE(MAX(created_at), 0) FROM commands WHERE state = 'queued'",
+        )
+        .fetch_one(&self.read)
+        .await
+        .map_err(q("command queue mark"))?;
+        Ok((r.get(0), r.get(1)))
+    }
+
+    /// Records a command's outcome. Only the appliance the command was for may answer it.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when no such command belongs to the appliance.
+    pub async fn complete_command(
+        &self,
+        appliance_id: &str,
+        command_id: &str,
+        ok: bool,
+        output: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let changed = sqlx::query(
+            "UPDATE commands SET state = $3, output = $4, completed_at = $5 WHERE id = $1 AND appliance_id = $2",
+        )
+        .bind(command_id)
+        .bind(appliance_id)
+        .bind(if ok { "done" } else { "failed" })
+        .bind(output)
+        .bind(now)
+        .execute(&self.write)
+        .await
+        .map_err(q("complete command"))?;
+        if changed.rows_affected() != 1 {
+            return Err(StoreError::NotFound {
+                what: "command",
+                id: command_id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Commands of an appliance, newest last.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn list_commands(&self, appliance_id: &str) -> Result<Vec<CommandRow>, StoreError> {
+        self.state_of(appliance_id).await?;
+        let rows = sqlx::query(
+            "SELECT id, appliance_id, kind, args, state, output, created_at, completed_at FROM commands
+             WHERE appliance_id = $1 ORDER BY created_at, id",
+        )
+        .bind(appliance_id)
+        .fetch_all(&self.read)
+        .await
+        .map_err(q("list commands"))?;
+        Ok(rows.iter().map(command_from_row).collect())
+    }
+}
+
+async fn insert_cert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    cert: &NewCert<'_>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO certificates (serial, fingerprint, appliance_id, pem, not_before, not_after, issued_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(cert.serial)
+    .bind(cert.fingerprint)
+    .bind(id)
+    .bind(cert.pem)
+    .bind(cert.not_before)
+    .bind(cert.not_after)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(q("insert certificate"))?;
+    Ok(())
+}
+
+fn parse_state(id: &str, s: &str) -> Result<ApplianceState, StoreError> {
+    ApplianceState::parse(s).ok_or_else(|| StoreError::Corrupt {
+        what: "state",
+        id: id.to_string(),
+        reason: format!("unknown state {s:?}"),
+    })
+}
+
+fn summary_from_row(r: &AnyRow) -> Result<ApplianceSummary, StoreError> {
+    let id: String = r.get(0);
+    let state = parse_state(&id, &r.get::<String, _>(1))?;
+    Ok(ApplianceSummary {
+        state,
+        customer: r.get(2),
+        hostname: r.get(3),
+        enrolled_at: r.get(4),
+        last_seen: r.get(5),
+        id,
+    })
+}
+
+fn command_from_row(r: &AnyRow) -> CommandRow {
+    let args: String = r.get(3);
+    CommandRow {
+        id: r.get(0),
+        appliance_id: r.get(1),
+        kind: r.get(2),
+        args: serde_json::from_str(&args).unwrap_or(serde_json::Value::Null),
+        state: r.get(4),
+        output: r.get(5),
+        created_at: r.get(6),
+        completed_at: r.get(7),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_proto::HostMetrics;
+
+    async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreLocation::Sqlite(dir.path().join("t.db")))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    async fn pending(store: &Store, uses: u32) -> (TokenRow, String) {
+        let (_, token) = store
+            .create_token("acme", Duration::from_secs(60), uses, false, now_ms())
+            .await
+            .unwrap();
+        let row = store.find_token(&token).await.unwrap().unwrap();
+        let id = new_id("ap");
+        assert!(store
+            .enroll_pending(&row, &id, "box", &new_id("key"), "csr", now_ms())
+            .await
+            .unwrap());
+        (row, id)
+    }
+
+    fn cert(serial: &str) -> NewCert<'_> {
+        NewCert {
+            serial,
+            fingerprint: serial,
+            pem: "pem",
+            not_before: 0,
+            not_after: 1,
+        }
+    }
+
+    fn metrics(n: i64) -> Record {
+        Record::Metrics {
+            collected_at_ms: n,
+            metrics: HostMetrics::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_stored_hashed_and_uses_are_capped() {
+        let (_d, store) = temp_store().await;
+        let (row, _) = pending(&store, 1).await;
+        assert_eq!(row.max_uses, 1);
+        let raw: Vec<String> = sqlx::query("SELECT token_hash FROM tokens")
+            .fetch_all(&store.read)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(raw.iter().all(|h| h.len() == 64 && !h.starts_with("opb_")));
+        // Second enrolment with the used-up token writes nothing.
+        let again = store
+            .enroll_pending(&row, "ap-x", "box", "other-key", "csr", now_ms())
+            .await
+            .unwrap();
+        assert!(!again);
+        assert_eq!(store.list_appliances().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn ingest_is_exactly_once_and_refuses_gaps() {
+        let (_d, store) = temp_store().await;
+        let (_, id) = pending(&store, 1).await;
+        store.approve(&id, &cert("s1"), now_ms()).await.unwrap();
+        let out = store
+            .ingest(&id, 1, &[metrics(1), metrics(2)], now_ms())
+            .await
+            .unwrap();
+        assert_eq!(out, IngestOutcome::Stored(1));
+        let out = store
+            .ingest(&id, 1, &[metrics(1), metrics(2)], now_ms())
+            .await
+            .unwrap();
+        assert_eq!(out, IngestOutcome::Duplicate(1));
+        let out = store.ingest(&id, 5, &[metrics(3)], now_ms()).await.unwrap();
+        assert_eq!(out, IngestOutcome::Gap { expected: 2 });
+        let d = store.appliance(&id).await.unwrap();
+        assert_eq!((d.last_seq, d.batches, d.records), (1, 1, 2));
+        assert_eq!(store.count_records(&id, "metrics").await.unwrap(), 2);
+        assert_eq!(d.metrics_at, Some(2));
+    }
+
+    #[tokio::test]
+    async fn approvals_follow_the_state_machine() {
+        let (_d, store) = temp_store().await;
+        let (_, id) = pending(&store, 1).await;
+        assert_eq!(store.cert_owner("s1").await.unwrap(), None);
+        store.approve(&id, &cert("s1"), now_ms()).await.unwrap();
+        let owner = store.cert_owner("s1").await.unwrap().unwrap();
+        assert_eq!(owner.state, ApplianceState::Approved);
+        let err = store.approve(&id, &cert("s2"), now_ms()).await.unwrap_err();
+        assert!(matches!(err, StoreError::BadTransition { .. }), "{err}");
+        store.revoke(&id, now_ms()).await.unwrap();
+        let owner = store.cert_owner("s1").await.unwrap().unwrap();
+        assert_eq!(owner.state, ApplianceState::Revoked);
+        assert!(store.revoke(&id, now_ms()).await.is_err());
+        assert!(matches!(
+            store
+                .approve("ap-nope", &cert("s3"), now_ms())
+                .await
+                .unwrap_err(),
+            StoreError::NotFound { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn commands_are_bound_to_their_appliance() {
+        let (_d, store) = temp_store().await;
+        let (_, a) = pending(&store, 1).await;
+        let (_, b) = pending(&store, 1).await;
+        let cmd = store
+            .queue_command(&a, "ping", &serde_json::json!({}), now_ms())
+            .await
+            .unwrap();
+        assert!(store
+            .take_commands(&b, now_ms(), Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty());
+        let got = store
+            .take_commands(&a, now_ms(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        // Delivered, not yet due for redelivery.
+        assert!(store
+            .take_commands(&a, now_ms(), Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store
+            .complete_command(&b, &cmd, true, "x", now_ms())
+            .await
+            .is_err());
+        store
+            .complete_command(&a, &cmd, true, "pong", now_ms())
+            .await
+            .unwrap();
+        let list = store.list_commands(&a).await.unwrap();
+        assert_eq!(list[0].state, "done");
+        assert_eq!(list[0].output.as_deref(), Some("pong"));
+    }
+}
