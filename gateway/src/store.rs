@@ -898,12 +898,68 @@ mod tests {
     use super::*;
     use outpost_proto::HostMetrics;
 
-    async fn temp_store() -> (tempfile::TempDir, Store) {
+    /// A fresh store per backend: always SQLite in a temp dir, plus a throwaway PostgreSQL
+    /// database when `OUTPOST_TEST_POSTGRES` names a server (a skip is printed otherwise).
+    struct Backends {
+        _dir: tempfile::TempDir,
+        stores: Vec<(&'static str, Store)>,
+        pg_admin: Option<(AnyPool, String)>,
+    }
+
+    impl Backends {
+        async fn cleanup(self) {
+            for (_, s) in &self.stores {
+                s.close().await;
+            }
+            if let Some((admin, db)) = self.pg_admin {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                    .execute(&admin)
+                    .await;
+                admin.close().await;
+            }
+        }
+    }
+
+    async fn backends() -> Backends {
+        use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreLocation::Sqlite(dir.path().join("t.db")))
+        let sqlite = Store::open(&StoreLocation::Sqlite(dir.path().join("t.db")))
             .await
             .unwrap();
-        (dir, store)
+        let mut stores = vec![("sqlite", sqlite)];
+        let mut pg_admin = None;
+        match std::env::var("OUTPOST_TEST_POSTGRES") {
+            Ok(url) if !url.is_empty() => {
+                sqlx::any::install_default_drivers();
+                let admin = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .unwrap();
+                let db = format!("outpost_unit_{}", hex::encode(rand::random::<[u8; 6]>()));
+                sqlx::query(&format!("CREATE DATABASE {db}"))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                let base = url.split('?').next().unwrap_or(&url);
+                let cut = base.rfind('/').unwrap_or(base.len());
+                let pg_url = format!("{}/{db}", &base[..cut]);
+                let pg = Store::open(&StoreLocation::Postgres(pg_url)).await.unwrap();
+                stores.push(("postgres", pg));
+                pg_admin = Some((admin, db));
+            }
+            _ => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIP (postgres half): OUTPOST_TEST_POSTGRES is not set; store tests ran on SQLite only"
+                );
+            }
+        }
+        Backends {
+            _dir: dir,
+            stores,
+            pg_admin,
+        }
     }
 
     async fn pending(store: &Store, uses: u32) -> (TokenRow, String) {
@@ -939,8 +995,16 @@ mod tests {
 
     #[tokio::test]
     async fn tokens_are_stored_hashed_and_uses_are_capped() {
-        let (_d, store) = temp_store().await;
-        let (row, _) = pending(&store, 1).await;
+        let b = backends().await;
+        for (name, store) in &b.stores {
+            eprintln!("backend {name}");
+            tokens_are_stored_hashed_and_uses_are_capped_on(store).await;
+        }
+        b.cleanup().await;
+    }
+
+    async fn tokens_are_stored_hashed_and_uses_are_capped_on(store: &Store) {
+        let (row, _) = pending(store, 1).await;
         assert_eq!(row.max_uses, 1);
         let raw: Vec<String> = sqlx::query("SELECT token_hash FROM tokens")
             .fetch_all(&store.read)
@@ -961,8 +1025,16 @@ mod tests {
 
     #[tokio::test]
     async fn ingest_is_exactly_once_and_refuses_gaps() {
-        let (_d, store) = temp_store().await;
-        let (_, id) = pending(&store, 1).await;
+        let b = backends().await;
+        for (name, store) in &b.stores {
+            eprintln!("backend {name}");
+            ingest_is_exactly_once_and_refuses_gaps_on(store).await;
+        }
+        b.cleanup().await;
+    }
+
+    async fn ingest_is_exactly_once_and_refuses_gaps_on(store: &Store) {
+        let (_, id) = pending(store, 1).await;
         store.approve(&id, &cert("s1"), now_ms()).await.unwrap();
         let out = store
             .ingest(&id, 1, &[metrics(1), metrics(2)], now_ms())
@@ -984,8 +1056,16 @@ mod tests {
 
     #[tokio::test]
     async fn approvals_follow_the_state_machine() {
-        let (_d, store) = temp_store().await;
-        let (_, id) = pending(&store, 1).await;
+        let b = backends().await;
+        for (name, store) in &b.stores {
+            eprintln!("backend {name}");
+            approvals_follow_the_state_machine_on(store).await;
+        }
+        b.cleanup().await;
+    }
+
+    async fn approvals_follow_the_state_machine_on(store: &Store) {
+        let (_, id) = pending(store, 1).await;
         assert_eq!(store.cert_owner("s1").await.unwrap(), None);
         store.approve(&id, &cert("s1"), now_ms()).await.unwrap();
         let owner = store.cert_owner("s1").await.unwrap().unwrap();
@@ -1007,9 +1087,17 @@ mod tests {
 
     #[tokio::test]
     async fn commands_are_bound_to_their_appliance() {
-        let (_d, store) = temp_store().await;
-        let (_, a) = pending(&store, 1).await;
-        let (_, b) = pending(&store, 1).await;
+        let b = backends().await;
+        for (name, store) in &b.stores {
+            eprintln!("backend {name}");
+            commands_are_bound_to_their_appliance_on(store).await;
+        }
+        b.cleanup().await;
+    }
+
+    async fn commands_are_bound_to_their_appliance_on(store: &Store) {
+        let (_, a) = pending(store, 1).await;
+        let (_, b) = pending(store, 1).await;
         let cmd = store
             .queue_command(&a, "ping", &serde_json::json!({}), now_ms())
             .await
