@@ -1,1 +1,72 @@
-//! placeholder
+//! # outpost-collector
+//!
+//! The on-box agent of Outpost: it enrols the appliance with a gateway, collects host data,
+//! and forwards it outbound-only over TCP 5723 with mutual TLS.
+//!
+//! # Background
+//!
+//! An appliance sits at a customer site behind a firewall that lets one outbound port
+//! through. Everything the vendor or VAR wants to know about it, and every command they
+//! send, has to ride connections the appliance itself opens. The collector is that
+//! agent: it makes its own key, gets a certificate from the Outpost CA through the gateway
+//! (after a VAR approves it), and from then on talks mTLS only.
+//!
+//! # Design
+//!
+//! The data path reads from the module names:
+//!
+//! ```text
+//! sources::host ─► uplink (plan records, number) ─► outbox/ ─► uplink::Sender ─► gateway
+//!                                                   (disk)     POST /v1/ingest, trim on ack
+//! ```
+//!
+//! * [`config`]: `collector.toml`, validated without I/O ([`config::RawConfig`]), then
+//!   resolved ([`config::Config::resolve`]); errors name file, key and problem.
+//! * [`identity`]: key (ECDSA P-256, 0600, made on the box), CSR, certificate checks.
+//! * [`enroll`]: the enrolment state machine driven by the state directory: `cert.pem` →
+//!   done; `enrollment.json` → poll; neither → submit. Restarts never enrol twice.
+//! * [`tls`]: TLS 1.3 only, ring provider, the configured CA as the only root.
+//! * [`sources`]: host inventory and metrics (sysinfo, `/sys/block`), sorted for stable
+//!   hashes.
+//! * [`outbox`] and [`uplink`]: every batch is on disk before it is sent; inventory only
+//!   when its hash changed; acknowledged batches trimmed after `state.json` is updated;
+//!   `409 sequence_gap` renumbers; ordered failover with full-jitter backoff.
+//! * [`commands`]: the long-poll command channel (`ping`).
+//! * [`config_sync`]: the centre's config (`interval`) with ETags.
+//! * [`status`]: what `outpost-collector status` prints.
+//! * [`agent`]: `run`, wiring the tasks together with one shutdown signal.
+//!
+//! Pure decisions (records to send, backoff delays, failover order, enrolment step,
+//! command execution) are plain functions with time and randomness as arguments; the
+//! edges (disk, HTTPS) sit around them. The ingest transport is a trait so the sender's
+//! state machine is tested against a scripted gateway.
+//!
+//! # Current limitations
+//!
+//! * The outbox is one file per batch with a count cap that drops the oldest batches,
+//!   whatever they carry; the durable spool with per-record checksums, size caps and
+//!   priority-aware eviction (metrics first, inventory last) is a later issue.
+//! * One batch per interval is sent per request; a long backlog is not coalesced.
+//! * Only host data is collected; VMs (libvirt, QEMU) and health packs are not yet.
+//!   Packs delivered by `GET /v1/config` are ignored.
+//! * Certificates are not renewed (`POST /v1/renew` is not used yet); an expired
+//!   certificate needs a new enrolment.
+//! * Proxies are not supported: the collector connects to its gateways directly.
+
+pub mod agent;
+pub mod backoff;
+pub mod commands;
+pub mod config;
+pub mod config_sync;
+pub mod enroll;
+pub mod failover;
+pub mod files;
+pub mod http;
+pub mod identity;
+pub mod outbox;
+pub mod shutdown;
+pub mod sources;
+pub mod state;
+pub mod status;
+pub mod tls;
+pub mod uplink;

@@ -314,8 +314,8 @@ mod tests {
 
     #[test]
     fn batch_rejects_unknown_fields() {
-        let err = serde_json::from_str::<IngestBatch>(r#"{"seq":1,"records":[],"extra":1}"#)
-            .unwrap_err();
+        let err =
+            serde_json::from_str::<IngestBatch>(r#"{"seq":1,"records":[],"extra":1}"#).unwrap_err();
         assert!(err.to_string().contains("extra"), "{err}");
     }
 

@@ -1,0 +1,194 @@
+//! `run`: the long-running collector, wiring enrolment, collection, the uplink, the
+//! command channel and config sync together.
+//!
+//! ```text
+//! key.pem ─► enroll (bootstrap token, no client cert) ─► cert.pem
+//!                                                          │ mTLS client
+//!   collect_loop ─► outbox/ ─► Sender ─► POST /v1/ingest ◄─┤
+//!        ▲                                                 ├─ command_loop  (GET /v1/commands)
+//!        └──── interval ◄──────────── config_loop ◄────────┘  (GET /v1/config)
+//! ```
+//!
+//! Every task watches the same [`Shutdown`]; `run` returns once all of them have stopped.
+//! A task that fails stops the others and its error is returned.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::enroll::{self, EnrollError, EnrollOutcome};
+use crate::failover::GatewayRing;
+use crate::files::{self, FileError};
+use crate::identity::{self, IdentityError};
+use crate::shutdown::{self, Shutdown};
+use crate::status::{self, StatusError};
+use crate::tls::{self, ClientAuth, TlsError};
+use crate::uplink::{self, HttpsIngest, Queue, Sender, UplinkError};
+use crate::{commands, config_sync};
+
+/// Why `run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The state directory could not be created.
+    #[error(transparent)]
+    CreateStateDir(FileError),
+    /// Key or certificate trouble.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Enrolment failed for good.
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
+    /// The TLS client could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The outbox or state failed.
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
+    /// A state file is unreadable.
+    #[error(transparent)]
+    State(#[from] StatusError),
+    /// A task panicked.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl RunError {
+    /// Whether the failure is a configuration problem (exit code 3).
+    #[must_use]
+    pub fn is_config_error(&self) -> bool {
+        matches!(self, Self::Enroll(EnrollError::Config(_)))
+    }
+}
+
+/// Runs the collector until `shutdown` fires or a task fails.
+///
+/// # Errors
+/// [`RunError`] for failures that retrying cannot fix (bad key, refused enrolment, broken
+/// state directory).
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
+    files::ensure_dir(&config.state_dir).map_err(RunError::CreateStateDir)?;
+    let key = identity::load_or_create_key(&config.state_dir)?;
+    let mut enrol_stop = shutdown.clone();
+    if enroll::ensure_enrolled(&config, &key, &mut enrol_stop).await? == EnrollOutcome::Stopped {
+        info!("stopped before enrolment finished");
+        return Ok(());
+    }
+    drop(key);
+
+    let appliance_id = status::appliance_id(&config.state_dir)?.unwrap_or_else(|| "unknown".into());
+    let (certs, key_der) = identity::load_client_auth(&config.state_dir)?;
+    let client = tls::http_client(tls::client_config(
+        &config.ca_certs,
+        Some(ClientAuth {
+            certs,
+            key: key_der,
+        }),
+    )?)?;
+    let state_dir = config.state_dir.clone();
+    let max = config.max_outbox_batches;
+    let queue = tokio::task::spawn_blocking(move || Queue::open(&state_dir, max))
+        .await
+        .map_err(|e| RunError::Task(e.to_string()))??;
+    info!(
+        appliance = %appliance_id,
+        gateways = %config.gateways.join(","),
+        interval = %outpost_proto::format_duration(config.interval),
+        outbox = queue.outbox().len(),
+        last_acked_seq = queue.state().last_acked_seq,
+        "collector running"
+    );
+    let queue = Arc::new(Mutex::new(queue));
+
+    // Tasks stop on the operator's signal or when one of them fails.
+    let (stop_tx, stop) = shutdown::channel();
+    let stop_tx = Arc::new(stop_tx);
+    let forward = {
+        let stop_tx = Arc::clone(&stop_tx);
+        let mut outer = shutdown.clone();
+        tokio::spawn(async move {
+            outer.wait().await;
+            stop_tx.trigger();
+        })
+    };
+
+    let (interval_tx, interval_rx) = watch::channel(config.interval);
+    let wake = Arc::new(Notify::new());
+    let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
+    tasks.spawn({
+        let fut = uplink::collect_loop(
+            Arc::clone(&queue),
+            Arc::clone(&wake),
+            interval_rx.clone(),
+            stop.clone(),
+        );
+        async move { fut.await.map_err(RunError::from) }
+    });
+    tasks.spawn({
+        let sender = Sender {
+            queue: Arc::clone(&queue),
+            wake: Arc::clone(&wake),
+            transport: HttpsIngest::new(client.clone()),
+            ring: GatewayRing::new(config.gateways.clone()),
+            interval: interval_rx,
+            appliance_id: appliance_id.clone(),
+        };
+        let stop = stop.clone();
+        async move {
+            sender.run(stop).await;
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let fut = commands::command_loop(
+            client.clone(),
+            config.gateways.clone(),
+            config.long_poll,
+            appliance_id.clone(),
+            stop.clone(),
+        );
+        async move {
+            fut.await;
+            Ok(())
+        }
+    });
+    tasks.spawn({
+        let fut = config_sync::config_loop(
+            client,
+            config.gateways.clone(),
+            config.interval,
+            interval_tx,
+            appliance_id,
+            stop.clone(),
+        );
+        async move {
+            fut.await;
+            Ok(())
+        }
+    });
+
+    let mut first_error: Option<RunError> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let failure = match joined {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(e) => Some(RunError::Task(e.to_string())),
+        };
+        if let Some(e) = failure {
+            error!("stopping: {e}");
+            stop_tx.trigger();
+            first_error.get_or_insert(e);
+        }
+    }
+    forward.abort();
+    match first_error {
+        Some(e) => Err(e),
+        None => {
+            info!("stopped");
+            Ok(())
+        }
+    }
+}
