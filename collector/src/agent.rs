@@ -4,7 +4,7 @@
 //! ```text
 //! key.pem ─► enroll (bootstrap token, no client cert) ─► cert.pem
 //!                                                          │ mTLS client
-//!   collect_loop ─► outbox/ ─► Sender ─► POST /v1/ingest ◄─┤
+//!   collect_loop ─► spool/ ──► Sender ─► POST /v1/ingest ◄─┤
 //!        ▲                                                 ├─ command_loop  (GET /v1/commands)
 //!        └──── interval ◄──────────── config_loop ◄────────┘  (GET /v1/config)
 //! ```
@@ -18,16 +18,19 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{error, info};
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::enroll::{self, EnrollError, EnrollOutcome};
 use crate::failover::GatewayRing;
 use crate::files::{self, FileError};
 use crate::identity::{self, IdentityError};
 use crate::shutdown::{self, Shutdown};
+use crate::spool::{BatchLimits, Spool, SpoolError};
+use crate::state::LEGACY_OUTBOX_DIR;
 use crate::status::{self, StatusError};
 use crate::tls::{self, ClientAuth, TlsError};
-use crate::uplink::{self, HttpsIngest, Queue, Sender, UplinkError};
-use crate::{commands, config_sync};
+use crate::uplink::{HttpsIngest, Sender, UplinkError, UplinkStats};
+use crate::{collect, commands, config_sync};
 
 /// Why `run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +48,10 @@ pub enum RunError {
     /// The TLS client could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The outbox or state failed.
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The uplink failed.
     #[error(transparent)]
     Uplink(#[from] UplinkError),
     /// A state file is unreadable.
@@ -89,19 +95,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         }),
     )?)?;
     let state_dir = config.state_dir.clone();
-    let max = config.max_outbox_batches;
-    let queue = tokio::task::spawn_blocking(move || Queue::open(&state_dir, max))
+    let spool_config = config.spool;
+    let spool = tokio::task::spawn_blocking(move || Spool::open(&state_dir, spool_config))
         .await
         .map_err(|e| RunError::Task(e.to_string()))??;
+    warn_about_legacy_outbox(&config.state_dir);
+    let st = spool.stats();
     info!(
         appliance = %appliance_id,
         gateways = %config.gateways.join(","),
         interval = %outpost_proto::format_duration(config.interval),
-        outbox = queue.outbox().len(),
-        last_acked_seq = queue.state().last_acked_seq,
+        spool_records = st.records,
+        spool_bytes = st.bytes,
+        next_rid = st.next_rid,
+        last_acked_seq = st.last_acked_seq,
         "collector running"
     );
-    let queue = Arc::new(Mutex::new(queue));
+    let spool = Arc::new(Mutex::new(spool));
+    let uplink_stats = Arc::new(UplinkStats::default());
+    let ring = || GatewayRing::new(config.gateways.clone(), config.failback_probe);
 
     // Tasks stop on the operator's signal or when one of them fails.
     let (stop_tx, stop) = shutdown::channel();
@@ -119,8 +131,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let wake = Arc::new(Notify::new());
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     tasks.spawn({
-        let fut = uplink::collect_loop(
-            Arc::clone(&queue),
+        let fut = collect::collect_loop(
+            Arc::clone(&spool),
+            Arc::clone(&uplink_stats),
             Arc::clone(&wake),
             interval_rx.clone(),
             stop.clone(),
@@ -129,23 +142,27 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     });
     tasks.spawn({
         let sender = Sender {
-            queue: Arc::clone(&queue),
+            spool: Arc::clone(&spool),
             wake: Arc::clone(&wake),
             transport: HttpsIngest::new(client.clone()),
-            ring: GatewayRing::new(config.gateways.clone()),
+            ring: ring(),
             interval: interval_rx,
             appliance_id: appliance_id.clone(),
+            limits: BatchLimits::default(),
+            stats: Arc::clone(&uplink_stats),
         };
         let stop = stop.clone();
+        let backoff = Backoff::new(config.backoff_max);
         async move {
-            sender.run(stop).await;
+            sender.run(backoff, stop).await;
             Ok(())
         }
     });
     tasks.spawn({
         let fut = commands::command_loop(
             client.clone(),
-            config.gateways.clone(),
+            ring(),
+            Backoff::new(config.backoff_max),
             config.long_poll,
             appliance_id.clone(),
             stop.clone(),
@@ -158,7 +175,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     tasks.spawn({
         let fut = config_sync::config_loop(
             client,
-            config.gateways.clone(),
+            ring(),
             config.interval,
             interval_tx,
             appliance_id,
@@ -190,5 +207,23 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             info!("stopped");
             Ok(())
         }
+    }
+}
+
+/// The foundation's collector kept batches in `outbox/`; they are not imported.
+fn warn_about_legacy_outbox(state_dir: &std::path::Path) {
+    let dir = state_dir.join(LEGACY_OUTBOX_DIR);
+    let waiting = std::fs::read_dir(&dir).map_or(0, |rd| {
+        rd.filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    });
+    if waiting > 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            "{waiting} batch file(s) of an older collector are left in {}; they are not sent \
+             (the spool replaced the outbox)",
+            dir.display()
+        );
     }
 }

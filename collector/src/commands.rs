@@ -124,13 +124,12 @@ async fn post_result(
 /// fails over along the gateway list. Stops at once on shutdown.
 pub async fn command_loop(
     client: reqwest::Client,
-    gateways: Vec<String>,
+    mut ring: GatewayRing,
+    mut backoff: Backoff,
     wait: Duration,
     appliance_id: String,
     mut shutdown: Shutdown,
 ) {
-    let mut ring = GatewayRing::new(gateways);
-    let mut backoff = Backoff::default();
     loop {
         ring.maybe_fail_back(Instant::now());
         let gateway = ring.current().to_string();

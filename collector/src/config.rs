@@ -12,7 +12,10 @@
 //! bootstrap_token = "…"          # or bootstrap_token_file = "token"
 //! interval = "10s"
 //! long_poll = "30s"
-//! max_outbox_batches = 10000
+//! spool_max_bytes = 268435456     # 256 MiB
+//! spool_fsync = "batch"           # "batch" | "always" | "never"
+//! backoff_max = "30s"
+//! failback_probe = "5m"
 //! ```
 
 use std::fmt;
@@ -22,6 +25,8 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
+
+use crate::spool::{FsyncPolicy, SpoolConfig};
 
 /// Default location of the config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/outpost/collector.toml";
@@ -33,8 +38,14 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/outpost-collector";
 pub const DEFAULT_INTERVAL: &str = "10s";
 /// Default long-poll wait for commands.
 pub const DEFAULT_LONG_POLL: &str = "30s";
-/// Default cap on batches waiting in the outbox.
-pub const DEFAULT_MAX_OUTBOX_BATCHES: usize = 10_000;
+/// Default cap on the spool's disk use (256 MiB).
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = crate::spool::DEFAULT_MAX_BYTES;
+/// Default fsync policy of the spool.
+pub const DEFAULT_SPOOL_FSYNC: &str = "batch";
+/// Default longest delay between two attempts to reach a gateway.
+pub const DEFAULT_BACKOFF_MAX: &str = "30s";
+/// Default time on a secondary gateway before the primary is probed again.
+pub const DEFAULT_FAILBACK_PROBE: &str = "5m";
 
 /// A config problem. Displays as `FILE: key "KEY": PROBLEM` (or the TOML parser's own
 /// message, which names the key and the line).
@@ -106,9 +117,19 @@ pub struct RawConfig {
     /// Long-poll wait for commands.
     #[serde(default = "default_long_poll")]
     pub long_poll: String,
-    /// Most batches kept in the outbox; beyond, the oldest are dropped.
-    #[serde(default = "default_max_outbox_batches")]
-    pub max_outbox_batches: usize,
+    /// Cap on the spool's disk use, bytes; beyond, the oldest metric samples are dropped
+    /// (and counted), inventory last.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// When spooled records are forced to disk: `batch`, `always` or `never`.
+    #[serde(default = "default_spool_fsync")]
+    pub spool_fsync: String,
+    /// Longest delay between two attempts to reach a gateway (full-jitter backoff).
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: String,
+    /// Time on a secondary gateway before the primary is probed (and between probes).
+    #[serde(default = "default_failback_probe")]
+    pub failback_probe: String,
 }
 
 fn default_ca_cert() -> PathBuf {
@@ -123,8 +144,17 @@ fn default_interval() -> String {
 fn default_long_poll() -> String {
     DEFAULT_LONG_POLL.to_string()
 }
-fn default_max_outbox_batches() -> usize {
-    DEFAULT_MAX_OUTBOX_BATCHES
+fn default_spool_max_bytes() -> u64 {
+    DEFAULT_SPOOL_MAX_BYTES
+}
+fn default_spool_fsync() -> String {
+    DEFAULT_SPOOL_FSYNC.to_string()
+}
+fn default_backoff_max() -> String {
+    DEFAULT_BACKOFF_MAX.to_string()
+}
+fn default_failback_probe() -> String {
+    DEFAULT_FAILBACK_PROBE.to_string()
 }
 
 /// Where the bootstrap token comes from.
@@ -161,8 +191,12 @@ pub struct ValidConfig {
     pub interval: Duration,
     /// Long-poll wait.
     pub long_poll: Duration,
-    /// Outbox cap.
-    pub max_outbox_batches: usize,
+    /// Spool cap and fsync policy.
+    pub spool: SpoolConfig,
+    /// Longest backoff delay.
+    pub backoff_max: Duration,
+    /// Fail-back probe period.
+    pub failback_probe: Duration,
 }
 
 impl RawConfig {
@@ -210,8 +244,47 @@ impl RawConfig {
                 ),
             ));
         }
-        if self.max_outbox_batches == 0 {
-            return Err(bad("max_outbox_batches", "must be at least 1".into()));
+        if self.spool_max_bytes < crate::spool::MIN_MAX_BYTES {
+            return Err(bad(
+                "spool_max_bytes",
+                format!(
+                    "{} is below the minimum of {} bytes",
+                    self.spool_max_bytes,
+                    crate::spool::MIN_MAX_BYTES
+                ),
+            ));
+        }
+        let fsync = FsyncPolicy::parse(&self.spool_fsync).ok_or_else(|| {
+            bad(
+                "spool_fsync",
+                format!(
+                    "{:?} is not one of \"batch\", \"always\", \"never\"",
+                    self.spool_fsync
+                ),
+            )
+        })?;
+        let backoff_max = outpost_proto::parse_duration(&self.backoff_max)
+            .map_err(|e| bad("backoff_max", e.to_string()))?;
+        if backoff_max < crate::backoff::BACKOFF_FLOOR {
+            return Err(bad(
+                "backoff_max",
+                format!(
+                    "{:?} is shorter than the shortest retry delay of {}ms",
+                    self.backoff_max,
+                    crate::backoff::BACKOFF_FLOOR.as_millis()
+                ),
+            ));
+        }
+        let failback_probe = outpost_proto::parse_duration(&self.failback_probe)
+            .map_err(|e| bad("failback_probe", e.to_string()))?;
+        if failback_probe < Duration::from_secs(1) {
+            return Err(bad(
+                "failback_probe",
+                format!(
+                    "{:?} is shorter than the minimum of 1s",
+                    self.failback_probe
+                ),
+            ));
         }
         if self.ca_cert.as_os_str().is_empty() {
             return Err(bad("ca_cert", "must name a file".into()));
@@ -243,7 +316,12 @@ impl RawConfig {
             bootstrap,
             interval,
             long_poll,
-            max_outbox_batches: self.max_outbox_batches,
+            spool: SpoolConfig {
+                max_bytes: self.spool_max_bytes,
+                fsync,
+            },
+            backoff_max,
+            failback_probe,
         })
     }
 }
@@ -306,8 +384,12 @@ pub struct Config {
     pub interval: Duration,
     /// Long-poll wait for commands.
     pub long_poll: Duration,
-    /// Outbox cap in batches.
-    pub max_outbox_batches: usize,
+    /// Spool cap and fsync policy.
+    pub spool: SpoolConfig,
+    /// Longest delay between two attempts to reach a gateway.
+    pub backoff_max: Duration,
+    /// Time on a secondary gateway before the primary is probed again.
+    pub failback_probe: Duration,
 }
 
 /// Reads and validates a config file without reading anything else: the step `status`
@@ -385,7 +467,9 @@ impl Config {
             bootstrap,
             interval: valid.interval,
             long_poll: valid.long_poll,
-            max_outbox_batches: valid.max_outbox_batches,
+            spool: valid.spool,
+            backoff_max: valid.backoff_max,
+            failback_probe: valid.failback_probe,
         })
     }
 
@@ -439,7 +523,10 @@ mod tests {
         let c = parse(r#"gateways = ["gw:5723"]"#).unwrap();
         assert_eq!(c.interval, Duration::from_secs(10));
         assert_eq!(c.long_poll, Duration::from_secs(30));
-        assert_eq!(c.max_outbox_batches, DEFAULT_MAX_OUTBOX_BATCHES);
+        assert_eq!(c.spool.max_bytes, 268_435_456);
+        assert_eq!(c.spool.fsync, FsyncPolicy::Batch);
+        assert_eq!(c.backoff_max, Duration::from_secs(30));
+        assert_eq!(c.failback_probe, Duration::from_secs(300));
         assert_eq!(c.ca_cert, PathBuf::from(DEFAULT_CA_CERT));
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert!(c.bootstrap.is_none());
@@ -494,7 +581,54 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        let m = parse("gateways = [\"gw:1\"]\nmax_outbox_batches = \"many\"")
+        let m = parse("gateways = [\"gw:1\"]\nspool_max_bytes = \"many\"")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("spool_max_bytes"), "{m}");
+    }
+
+    #[test]
+    fn spool_and_failover_keys_are_read() {
+        let c = parse(
+            "gateways = [\"gw:1\", \"gw:2\"]\nspool_max_bytes = 65536\nspool_fsync = \"never\"\n\
+             backoff_max = \"2s\"\nfailback_probe = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.spool.max_bytes, 65536);
+        assert_eq!(c.spool.fsync, FsyncPolicy::Never);
+        assert_eq!(c.backoff_max, Duration::from_secs(2));
+        assert_eq!(c.failback_probe, Duration::from_secs(2));
+        let c = parse("gateways = [\"gw:1\"]\nspool_fsync = \"always\"\n").unwrap();
+        assert_eq!(c.spool.fsync, FsyncPolicy::Always);
+    }
+
+    #[test]
+    fn bad_spool_and_failover_values_name_key_and_value() {
+        for (line, key, value) in [
+            ("spool_max_bytes = 100", "spool_max_bytes", "100"),
+            (
+                "spool_fsync = \"sometimes\"",
+                "spool_fsync",
+                "\"sometimes\"",
+            ),
+            ("backoff_max = \"1ms\"", "backoff_max", "\"1ms\""),
+            ("backoff_max = \"soon\"", "backoff_max", "\"soon\""),
+            ("failback_probe = \"10ms\"", "failback_probe", "\"10ms\""),
+        ] {
+            let m = parse(&format!("gateways = [\"gw:1\"]\n{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                m.starts_with(&format!("collector.toml: key \"{key}\": ")),
+                "{line}: {m}"
+            );
+            assert!(m.contains(value), "{line}: {m}");
+        }
+    }
+
+    #[test]
+    fn the_foundation_outbox_cap_is_refused_by_name() {
+        let m = parse("gateways = [\"gw:1\"]\nmax_outbox_batches = 10\n")
             .unwrap_err()
             .to_string();
         assert!(m.contains("max_outbox_batches"), "{m}");

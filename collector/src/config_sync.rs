@@ -80,13 +80,12 @@ async fn fetch(client: &reqwest::Client, gateway: &str, etag: Option<&str>) -> F
 /// changes on `interval`. `local` is the interval from `collector.toml`.
 pub async fn config_loop(
     client: reqwest::Client,
-    gateways: Vec<String>,
+    mut ring: GatewayRing,
     local: Duration,
     interval: watch::Sender<Duration>,
     appliance_id: String,
     mut shutdown: Shutdown,
 ) {
-    let mut ring = GatewayRing::new(gateways);
     let mut etag: Option<String> = None;
     loop {
         ring.maybe_fail_back(Instant::now());

@@ -140,8 +140,8 @@ pub async fn ensure_enrolled(
         csr_pem: identity::make_csr(key, &hostname)?,
         hostname,
     };
-    let mut ring = GatewayRing::new(config.gateways.clone());
-    let mut backoff = Backoff::default();
+    let mut ring = GatewayRing::new(config.gateways.clone(), config.failback_probe);
+    let mut backoff = Backoff::new(config.backoff_max);
     // Once an id has been saved, token problems are no longer fatal.
     let mut had_id = id.is_some();
     let mut last_reminder: Option<(String, Instant)> = None;

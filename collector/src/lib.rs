@@ -16,8 +16,8 @@
 //! The data path reads from the module names:
 //!
 //! ```text
-//! sources::host ─► uplink (plan records, number) ─► outbox/ ─► uplink::Sender ─► gateway
-//!                                                   (disk)     POST /v1/ingest, trim on ack
+//! sources::host ─► collect (plan records) ─► spool (rid, disk) ─► uplink::Sender ─► gateway
+//!                                            samples/ changes/    POST /v1/ingest, trim on ack
 //! ```
 //!
 //! * [`config`]: `collector.toml`, validated without I/O ([`config::RawConfig`]), then
@@ -28,9 +28,15 @@
 //! * [`tls`]: TLS 1.3 only, ring provider, the configured CA as the only root.
 //! * [`sources`]: host inventory and metrics (sysinfo, `/sys/block`), sorted for stable
 //!   hashes.
-//! * [`outbox`] and [`uplink`]: every batch is on disk before it is sent; inventory only
-//!   when its hash changed; acknowledged batches trimmed after `state.json` is updated;
-//!   `409 sequence_gap` renumbers; ordered failover with full-jitter backoff.
+//! * [`collect`]: every interval, host records (inventory only when its hash changed) and
+//!   a self-metrics record, written to the spool.
+//! * [`spool`]: the durable spool (append-only segment logs with a CRC-32C per record, a
+//!   size cap that drops metric samples first and counts what it drops, torn tails and
+//!   damage skipped and counted, never fatal) and the ledger of batches in flight.
+//! * [`uplink`]: batches of up to 500 records formed durably (a resend after a crash
+//!   carries the same sequence and records), trimmed on acknowledgement; `409
+//!   sequence_gap` renumbers; ordered failover with capped full-jitter backoff
+//!   ([`backoff`]), probes of the primary and fail-back ([`failover`]).
 //! * [`commands`]: the long-poll command channel (`ping`).
 //! * [`config_sync`]: the centre's config (`interval`) with ETags.
 //! * [`status`]: what `outpost-collector status` prints.
@@ -43,10 +49,9 @@
 //!
 //! # Current limitations
 //!
-//! * The outbox is one file per batch with a count cap that drops the oldest batches,
-//!   whatever they carry; the durable spool with per-record checksums, size caps and
-//!   priority-aware eviction (metrics first, inventory last) is a later issue.
-//! * One batch per interval is sent per request; a long backlog is not coalesced.
+//! * The spool caps by whole segments (an eighth of the cap each), so it holds between
+//!   7/8 of its cap and the cap (plus the in-flight batch) when full.
+//! * Batches left in `outbox/` by the foundation's collector are not imported.
 //! * Only host data is collected; VMs (libvirt, QEMU) and health packs are not yet.
 //!   Packs delivered by `GET /v1/config` are ignored.
 //! * Certificates are not renewed (`POST /v1/renew` is not used yet); an expired
@@ -55,17 +60,19 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod collect;
 pub mod commands;
 pub mod config;
 pub mod config_sync;
 pub mod enroll;
 pub mod failover;
 pub mod files;
+pub mod health;
 pub mod http;
 pub mod identity;
-pub mod outbox;
 pub mod shutdown;
 pub mod sources;
+pub mod spool;
 pub mod state;
 pub mod status;
 pub mod tls;

@@ -5,8 +5,8 @@
 //! | `key.pem` | the appliance's private key (0600) |
 //! | `enrollment.json` | `{"id": "ap-…"}` once the gateway accepted the CSR |
 //! | `cert.pem` | the issued certificate (0600) once approved |
-//! | `state.json` | `{"last_acked_seq": N, "acked_inventory_hash": "…"}` |
-//! | `outbox/` | batches written before sending, removed once acknowledged |
+//! | `state.json` | the spool's ledger ([`crate::spool::Ledger`]): acknowledged sequence and record id, the batch in flight, counters |
+//! | `spool/` | records written before sending ([`crate::spool`]) |
 //!
 //! Loading and writing are separate steps; the values are plain data in between.
 
@@ -24,8 +24,10 @@ pub const CERT_FILE: &str = "cert.pem";
 pub const ENROLLMENT_FILE: &str = "enrollment.json";
 /// `state.json`.
 pub const STATE_FILE: &str = "state.json";
-/// `outbox/`.
-pub const OUTBOX_DIR: &str = "outbox";
+/// `spool/`.
+pub const SPOOL_DIR: &str = "spool";
+/// `outbox/`, where the foundation's collector kept batches; no longer written.
+pub const LEGACY_OUTBOX_DIR: &str = "outbox";
 
 /// Mode of `state.json` and `enrollment.json` (not secret, but nobody else's business).
 const MODE_STATE: u32 = files::MODE_PRIVATE;
@@ -53,35 +55,6 @@ pub enum StateError {
     /// Writing failed.
     #[error(transparent)]
     Write(#[from] FileError),
-}
-
-/// Uplink progress: what the gateway has acknowledged.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UplinkState {
-    /// Highest sequence the gateway acknowledged.
-    #[serde(default)]
-    pub last_acked_seq: u64,
-    /// `content_hash` of the last inventory the gateway acknowledged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub acked_inventory_hash: Option<String>,
-}
-
-impl UplinkState {
-    /// Loads `state.json` from `state_dir`; a missing file is the default state.
-    ///
-    /// # Errors
-    /// [`StateError`] naming the file when it cannot be read or parsed.
-    pub fn load(state_dir: &Path) -> Result<Self, StateError> {
-        load_json(&state_dir.join(STATE_FILE)).map(Option::unwrap_or_default)
-    }
-
-    /// Writes `state.json` atomically.
-    ///
-    /// # Errors
-    /// [`StateError::Write`] naming the file.
-    pub fn write(&self, state_dir: &Path) -> Result<(), StateError> {
-        write_json(&state_dir.join(STATE_FILE), self)
-    }
 }
 
 /// `enrollment.json`: the id the gateway gave our CSR.
@@ -146,22 +119,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn state_round_trips_and_defaults_when_missing() {
+    fn enrollment_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(
-            UplinkState::load(dir.path()).unwrap(),
-            UplinkState::default()
-        );
-        let s = UplinkState {
-            last_acked_seq: 7,
-            acked_inventory_hash: Some("abc".into()),
-        };
-        s.write(dir.path()).unwrap();
-        assert_eq!(UplinkState::load(dir.path()).unwrap(), s);
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.path().join(STATE_FILE)).unwrap()).unwrap();
-        assert_eq!(v["last_acked_seq"], 7);
-        assert_eq!(v["acked_inventory_hash"], "abc");
+        assert_eq!(EnrollmentRecord::load(dir.path()).unwrap(), None);
+        let r = EnrollmentRecord { id: "ap-1".into() };
+        r.write(dir.path()).unwrap();
+        assert_eq!(EnrollmentRecord::load(dir.path()).unwrap(), Some(r));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `outpost-collector status`: what the state directory says, without talking to anyone.
 //!
-//! Reads the config (without the CA file), `enrollment.json`, `cert.pem`, `state.json` and
-//! counts the outbox. Safe to run next to a running collector: it only reads.
+//! Reads the config (without the CA file), `enrollment.json`, `cert.pem`, the spool's ledger
+//! (`state.json`) and its segments. Safe to run next to a running collector: it only reads.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::config::{self, ConfigError};
 use crate::identity::{self, IdentityError};
-use crate::outbox::{self, OutboxError};
-use crate::state::{EnrollmentRecord, StateError, UplinkState, OUTBOX_DIR};
+use crate::spool::{Spool, SpoolError};
+use crate::state::{EnrollmentRecord, StateError};
 
 /// Reading the status failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,9 +26,9 @@ pub enum StatusError {
     /// The certificate is unreadable.
     #[error(transparent)]
     Identity(#[from] IdentityError),
-    /// The outbox cannot be listed.
+    /// The spool cannot be read.
     #[error(transparent)]
-    Outbox(#[from] OutboxError),
+    Spool(#[from] SpoolError),
 }
 
 /// Enrolment as seen from the box.
@@ -70,8 +70,20 @@ pub struct StatusReport {
     pub last_acked_seq: u64,
     /// Hash of the acknowledged inventory.
     pub acked_inventory_hash: Option<String>,
-    /// Batches waiting in the outbox.
-    pub outbox_depth: usize,
+    /// Records waiting in the spool.
+    pub spool_depth: u64,
+    /// Bytes the spool holds on disk.
+    pub spool_bytes: u64,
+    /// Highest record id acknowledged.
+    pub acked_rid: u64,
+    /// Record id the next record gets.
+    pub next_rid: u64,
+    /// Sequence of the batch in flight, if any.
+    pub in_flight_seq: Option<u64>,
+    /// Records dropped unsent at the spool's cap (cumulative).
+    pub dropped_records: u64,
+    /// Records lost to torn or corrupt spool files (cumulative).
+    pub spool_corrupt_records: u64,
     /// The state directory.
     pub state_dir: PathBuf,
     /// The gateways, in order.
@@ -105,8 +117,7 @@ pub fn gather(config_path: &Path) -> Result<StatusReport, StatusError> {
     let state_dir = config::resolve_path(&dir, &valid.state_dir);
     let record = EnrollmentRecord::load(&state_dir)?;
     let cert = identity::read_certificate_info(&state_dir)?;
-    let uplink = UplinkState::load(&state_dir)?;
-    let outbox_depth = outbox::count_batches(&state_dir.join(OUTBOX_DIR))?;
+    let spool = Spool::inspect(&state_dir)?;
     let state = match (&cert, &record) {
         (Some(_), _) => EnrollmentState::Approved,
         (None, Some(_)) => EnrollmentState::Pending,
@@ -120,9 +131,15 @@ pub fn gather(config_path: &Path) -> Result<StatusReport, StatusError> {
         state,
         cert_not_after: cert.as_ref().map(|c| rfc3339(c.not_after)),
         cert_serial: cert.map(|c| c.serial_hex),
-        last_acked_seq: uplink.last_acked_seq,
-        acked_inventory_hash: uplink.acked_inventory_hash,
-        outbox_depth,
+        last_acked_seq: spool.last_acked_seq,
+        acked_inventory_hash: crate::spool::Ledger::load(&state_dir)?.acked_inventory_hash,
+        spool_depth: spool.records,
+        spool_bytes: spool.bytes,
+        acked_rid: spool.acked_rid,
+        next_rid: spool.next_rid,
+        in_flight_seq: spool.in_flight.as_ref().map(|f| f.seq),
+        dropped_records: spool.dropped_records,
+        spool_corrupt_records: spool.spool_corrupt_records,
         state_dir,
         gateways: valid.gateways,
     })
@@ -137,14 +154,19 @@ pub fn render_text(r: &StatusReport) -> String {
          enrolment:         {}\n\
          certificate until: {}\n\
          last acked seq:    {}\n\
-         outbox depth:      {}\n\
+         spool:             {} record(s), {} byte(s)\n\
+         dropped (cap):     {}\n\
+         corrupt (spool):   {}\n\
          state dir:         {}\n\
          gateways:          {}\n",
         r.id.clone().unwrap_or_else(dash),
         r.state.as_str(),
         r.cert_not_after.clone().unwrap_or_else(dash),
         r.last_acked_seq,
-        r.outbox_depth,
+        r.spool_depth,
+        r.spool_bytes,
+        r.dropped_records,
+        r.spool_corrupt_records,
         r.state_dir.display(),
         r.gateways.join(", "),
     )
@@ -167,7 +189,7 @@ mod tests {
         let r = gather(&cfg).unwrap();
         assert_eq!(r.state, EnrollmentState::NotEnrolled);
         assert_eq!(r.id, None);
-        assert_eq!(r.outbox_depth, 0);
+        assert_eq!(r.spool_depth, 0);
         assert_eq!(r.state_dir, dir.path().join("state"));
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["state"], "not_enrolled");
@@ -178,20 +200,41 @@ mod tests {
     fn pending_box_reports_its_id_and_progress() {
         let (dir, cfg) = setup();
         let sd = dir.path().join("state");
-        std::fs::create_dir_all(sd.join(OUTBOX_DIR)).unwrap();
+        std::fs::create_dir_all(&sd).unwrap();
         EnrollmentRecord { id: "ap-9".into() }.write(&sd).unwrap();
-        UplinkState {
-            last_acked_seq: 12,
-            acked_inventory_hash: None,
-        }
-        .write(&sd)
-        .unwrap();
-        std::fs::write(sd.join(OUTBOX_DIR).join(outbox::file_name(13)), b"x").unwrap();
+        let mut spool =
+            crate::spool::Spool::open(&sd, crate::spool::SpoolConfig::default()).unwrap();
+        let m = |n| outpost_proto::Record::Metrics {
+            collected_at_ms: n,
+            metrics: outpost_proto::HostMetrics::default(),
+        };
+        spool.append(vec![m(1), m(2), m(3)]).unwrap();
+        spool
+            .next_batch(crate::spool::BatchLimits {
+                max_records: 1,
+                max_bytes: 1 << 20,
+            })
+            .unwrap();
+        spool
+            .acknowledge(&outpost_proto::IngestAck {
+                acked_seq: 1,
+                duplicate: false,
+                last_rid: 1,
+            })
+            .unwrap();
+        spool
+            .next_batch(crate::spool::BatchLimits::default())
+            .unwrap();
         let r = gather(&cfg).unwrap();
         assert_eq!(r.state, EnrollmentState::Pending);
         assert_eq!(r.id.as_deref(), Some("ap-9"));
-        assert_eq!(r.last_acked_seq, 12);
-        assert_eq!(r.outbox_depth, 1);
+        assert_eq!(r.last_acked_seq, 1);
+        assert_eq!((r.spool_depth, r.acked_rid, r.next_rid), (2, 1, 4));
+        assert_eq!(r.in_flight_seq, Some(2));
+        assert!(r.spool_bytes > 0);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["spool_depth"], 2);
+        assert_eq!(v["dropped_records"], 0);
         assert_eq!(appliance_id(&sd).unwrap().as_deref(), Some("ap-9"));
     }
 

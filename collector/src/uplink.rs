@@ -1,242 +1,112 @@
-//! The send path: collect → outbox → `POST /v1/ingest` → trim.
+//! The send path: spool → `POST /v1/ingest` → acknowledge → trim.
 //!
-//! Every interval the collector samples the host and writes one batch to the outbox
-//! *before* anything is sent: an `Inventory` record when the inventory differs from the
-//! newest one the gateway has or will get, and always a `Metrics` record. Sequence numbers
-//! continue from the highest of the acknowledged sequence and the outbox.
-//!
-//! A separate task sends the outbox oldest first over mTLS, so collection never waits for
-//! the network. On an acknowledgement `state.json` is updated first and the acknowledged
-//! files removed second (a crash in between leaves files that are trimmed on the next
-//! start, never a sequence that could be reused). A `409 sequence_gap` renumbers the waiting
-//! batches from the sequence the gateway expects. A 403 (revoked or unknown certificate)
-//! is logged as an error and retried every interval while batches keep being spooled.
-//! Network errors and 5xx answers fail over to the next gateway and back off with full
-//! jitter.
+//! The sender takes the batch the spool hands out (the in-flight one, or a new one of up to
+//! 500 records / 1 MiB written down in the ledger first, so a resend after a crash carries
+//! the same sequence and records) and posts it over mTLS, so collection never waits for
+//! the network and a backlog drains in few requests. On an acknowledgement the spool writes
+//! it down and trims. A `409 sequence_gap` renumbers the in-flight batch to the sequence
+//! the gateway expects; a duplicate answer whose highest record id is below the batch's
+//! renumbers it after the gateway's last sequence (the state directory is older than the
+//! gateway's data). A 403 (revoked or unknown certificate) is logged as an error and
+//! retried every interval while records keep being spooled. Network errors and 5xx answers
+//! fail over to the next gateway and back off with full jitter; while on a secondary the
+//! primary's `/v1/health` is probed every `failback_probe` and the sender fails back as
+//! soon as it answers.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use outpost_proto::{
-    content_hash, paths, HostInventory, HostMetrics, IngestAck, IngestBatch, Record,
-};
+use outpost_proto::{paths, IngestAck, IngestBatch};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::failover::{AfterFailure, GatewayRing};
 use crate::http::{error_chain, url, ErrorReply};
-use crate::outbox::{Outbox, OutboxError};
 use crate::shutdown::Shutdown;
-use crate::sources::HostSource;
-use crate::state::{StateError, UplinkState, OUTBOX_DIR};
+use crate::spool::{AckOutcome, BatchLimits, Spool, SpoolError};
+
+/// zstd level for request bodies: cheap on the box, still small on the wire.
+const ZSTD_LEVEL: i32 = 3;
+/// Bound on a probe of the primary.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An uplink operation that failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UplinkError {
-    /// The outbox failed.
+    /// The spool failed.
     #[error(transparent)]
-    Outbox(#[from] OutboxError),
-    /// `state.json` failed.
-    #[error(transparent)]
-    State(#[from] StateError),
+    Spool(#[from] SpoolError),
+    /// A batch could not be encoded.
+    #[error("failed to encode batch {seq}: {problem}")]
+    Encode {
+        /// Its sequence number.
+        seq: u64,
+        /// What went wrong.
+        problem: String,
+    },
     /// A blocking task died.
     #[error("internal task failed: {0}")]
     Task(String),
 }
 
-/// Builds the records of one collection. An `Inventory` record is included only when the
-/// inventory's hash differs from `known_hash`, the newest inventory the gateway has
-/// acknowledged or will receive from the outbox; a `Metrics` record always is.
-#[must_use]
-pub fn plan_records(
-    inventory: HostInventory,
-    metrics: HostMetrics,
-    collected_at_ms: i64,
-    known_hash: Option<&str>,
-) -> Vec<Record> {
-    let hash = content_hash(&inventory);
-    let mut records = Vec::with_capacity(2);
-    if known_hash != Some(hash.as_str()) {
-        records.push(Record::Inventory {
-            collected_at_ms,
-            hash,
-            inventory,
+/// zstd-compressed JSON of `batch`: the request body.
+///
+/// # Errors
+/// [`UplinkError::Encode`].
+pub fn encode_batch(batch: &IngestBatch) -> Result<Vec<u8>, UplinkError> {
+    let err = |e: &dyn std::fmt::Display| UplinkError::Encode {
+        seq: batch.seq,
+        problem: e.to_string(),
+    };
+    let json = serde_json::to_vec(batch).map_err(|e| err(&e))?;
+    zstd::encode_all(json.as_slice(), ZSTD_LEVEL).map_err(|e| err(&e))
+}
+
+/// The uplink's own counters, shared with the collecting task for self-metrics.
+#[derive(Debug, Default)]
+pub struct UplinkStats {
+    inner: Mutex<UplinkSnapshot>,
+}
+
+/// A copy of [`UplinkStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UplinkSnapshot {
+    /// The gateway that answered last.
+    pub current_gateway: String,
+    /// New connections after failures and fail-backs since start.
+    pub reconnects: u64,
+    /// Round trip of the last acknowledged request.
+    pub send_latency_ms: Option<u64>,
+}
+
+impl UplinkStats {
+    fn with<T>(&self, f: impl FnOnce(&mut UplinkSnapshot) -> T) -> T {
+        f(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// A copy of the counters.
+    #[must_use]
+    pub fn snapshot(&self) -> UplinkSnapshot {
+        self.with(|s| s.clone())
+    }
+
+    fn answered(&self, gateway: &str) {
+        self.with(|s| {
+            if s.current_gateway != gateway {
+                s.current_gateway = gateway.to_string();
+            }
         });
     }
-    records.push(Record::Metrics {
-        collected_at_ms,
-        metrics,
-    });
-    records
-}
 
-/// The outbox plus `state.json`: everything the uplink keeps on disk.
-#[derive(Debug)]
-pub struct Queue {
-    state_dir: std::path::PathBuf,
-    outbox: Outbox,
-    state: UplinkState,
-    max_batches: usize,
-}
-
-/// What [`Queue::append`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Appended {
-    /// Sequence given to the new batch.
-    pub seq: u64,
-    /// Whether it carries an inventory record.
-    pub with_inventory: bool,
-    /// Oldest batches dropped to respect the cap.
-    pub dropped: usize,
-}
-
-/// What the queue did with an answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Acked {
-    /// Batches removed from the outbox.
-    pub removed: usize,
-}
-
-impl Queue {
-    /// Opens the queue in `state_dir`, removing batches already acknowledged (left by a
-    /// crash between the state update and the trim).
-    ///
-    /// # Errors
-    /// [`UplinkError`] when `state.json` or the outbox cannot be read.
-    pub fn open(state_dir: &std::path::Path, max_batches: usize) -> Result<Self, UplinkError> {
-        let state = UplinkState::load(state_dir)?;
-        let mut outbox = Outbox::open(&state_dir.join(OUTBOX_DIR))?;
-        outbox.remove_through(state.last_acked_seq)?;
-        Ok(Self {
-            state_dir: state_dir.to_path_buf(),
-            outbox,
-            state,
-            max_batches: max_batches.max(1),
-        })
+    fn reconnect(&self) {
+        self.with(|s| s.reconnects += 1);
     }
 
-    /// The acknowledged state.
-    #[must_use]
-    pub fn state(&self) -> &UplinkState {
-        &self.state
-    }
-
-    /// The outbox.
-    #[must_use]
-    pub fn outbox(&self) -> &Outbox {
-        &self.outbox
-    }
-
-    /// Hash of the newest inventory the gateway has or will get.
-    #[must_use]
-    pub fn known_inventory_hash(&self) -> Option<&str> {
-        self.outbox
-            .latest_inventory_hash()
-            .or(self.state.acked_inventory_hash.as_deref())
-    }
-
-    /// The sequence the next batch gets.
-    #[must_use]
-    pub fn next_seq(&self) -> u64 {
-        self.outbox
-            .last_seq()
-            .unwrap_or(0)
-            .max(self.state.last_acked_seq)
-            .saturating_add(1)
-    }
-
-    /// Writes one collection as a new batch, then drops the oldest batches beyond the cap.
-    ///
-    /// # Errors
-    /// [`UplinkError::Outbox`] when the batch cannot be written.
-    pub fn append(
-        &mut self,
-        inventory: HostInventory,
-        metrics: HostMetrics,
-        collected_at_ms: i64,
-    ) -> Result<Appended, UplinkError> {
-        let records = plan_records(
-            inventory,
-            metrics,
-            collected_at_ms,
-            self.known_inventory_hash(),
-        );
-        let with_inventory = records
-            .iter()
-            .any(|r| matches!(r, Record::Inventory { .. }));
-        let batch = IngestBatch {
-            seq: self.next_seq(),
-            records,
-        };
-        self.outbox.write(&batch)?;
-        let dropped = self.outbox.trim_to(self.max_batches)?;
-        Ok(Appended {
-            seq: batch.seq,
-            with_inventory,
-            dropped,
-        })
-    }
-
-    /// The oldest waiting batch and its bytes.
-    ///
-    /// # Errors
-    /// [`UplinkError::Outbox`] when the file cannot be read.
-    pub fn next_batch(&self) -> Result<Option<(u64, Vec<u8>)>, UplinkError> {
-        let Some(seq) = self.outbox.first_seq() else {
-            return Ok(None);
-        };
-        Ok(Some((seq, self.outbox.read(seq)?)))
-    }
-
-    /// Applies an acknowledgement: `state.json` first, then the trim.
-    ///
-    /// # Errors
-    /// [`UplinkError`] when the state or outbox cannot be written.
-    pub fn acknowledge(&mut self, acked_seq: u64) -> Result<Acked, UplinkError> {
-        let mut next = self.state.clone();
-        next.last_acked_seq = acked_seq;
-        let acked_inventory = self
-            .outbox
-            .seqs()
-            .into_iter()
-            .take_while(|s| *s <= acked_seq)
-            .filter_map(|s| self.outbox.meta(s).and_then(|m| m.inventory_hash.clone()))
-            .last();
-        if let Some(h) = acked_inventory {
-            next.acked_inventory_hash = Some(h);
-        }
-        if next != self.state {
-            next.write(&self.state_dir)?;
-            self.state = next;
-        }
-        let removed = self.outbox.remove_through(acked_seq)?.len();
-        Ok(Acked { removed })
-    }
-
-    /// Applies a `sequence_gap` answer: the gateway holds everything below `expected`
-    /// and nothing from it on, so the waiting batches are renumbered from `expected`.
-    /// When the gateway is behind what we thought acknowledged (it lost data), the
-    /// acknowledged inventory is forgotten so the next collection sends it again.
-    ///
-    /// # Errors
-    /// [`UplinkError`] when the state or outbox cannot be written.
-    pub fn resequence(&mut self, expected: u64) -> Result<(), UplinkError> {
-        let gateway_last = expected.saturating_sub(1);
-        let mut next = self.state.clone();
-        if gateway_last < next.last_acked_seq {
-            next.acked_inventory_hash = None;
-        }
-        next.last_acked_seq = gateway_last;
-        if next != self.state {
-            // State first: a crash before the renumbering leaves a gap that is found again.
-            next.write(&self.state_dir)?;
-            self.state = next;
-        }
-        self.outbox.renumber_from(expected.max(1))?;
-        Ok(())
+    fn latency(&self, d: Duration) {
+        self.with(|s| s.send_latency_ms = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
     }
 }
 
@@ -264,6 +134,8 @@ pub enum SendResult {
 pub trait IngestTransport: Send + Sync + 'static {
     /// Posts one batch body (zstd JSON) to `gateway`.
     fn send(&self, gateway: &str, body: Vec<u8>) -> impl Future<Output = SendResult> + Send;
+    /// Whether `gateway` answers its health route now.
+    fn probe(&self, gateway: &str) -> impl Future<Output = bool> + Send;
 }
 
 /// `POST /v1/ingest` over the mTLS client.
@@ -301,6 +173,15 @@ impl IngestTransport for HttpsIngest {
         };
         classify_ingest_answer(status, &bytes)
     }
+
+    async fn probe(&self, gateway: &str) -> bool {
+        self.client
+            .get(url(gateway, paths::HEALTH))
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
 }
 
 /// Reads an ingest answer.
@@ -321,21 +202,21 @@ pub fn classify_ingest_answer(status: u16, body: &[u8]) -> SendResult {
     }
 }
 
-/// The queue shared by the collecting and the sending task.
-pub type SharedQueue = Arc<Mutex<Queue>>;
+/// The spool shared by the collecting and the sending task.
+pub type SharedSpool = Arc<Mutex<Spool>>;
 
-/// Runs `f` on the queue on the blocking pool (it does file I/O and fsyncs).
+/// Runs `f` on the spool on the blocking pool (it does file I/O and fsyncs).
 ///
 /// # Errors
 /// [`UplinkError::Task`] when the blocking task panicked.
-pub async fn with_queue<T, F>(queue: &SharedQueue, f: F) -> Result<T, UplinkError>
+pub async fn with_spool<T, F>(spool: &SharedSpool, f: F) -> Result<T, UplinkError>
 where
     T: Send + 'static,
-    F: FnOnce(&mut Queue) -> T + Send + 'static,
+    F: FnOnce(&mut Spool) -> T + Send + 'static,
 {
-    let q = Arc::clone(queue);
+    let s = Arc::clone(spool);
     tokio::task::spawn_blocking(move || {
-        let mut guard = q.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = s.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut guard)
     })
     .await
@@ -350,89 +231,11 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The collecting task: samples every interval (the gateway may change it through
-/// `interval`), writes a batch, wakes the sender. Stops between collections on shutdown.
-///
-/// # Errors
-/// [`UplinkError::Task`] when sampling panicked.
-pub async fn collect_loop(
-    queue: SharedQueue,
-    wake_sender: Arc<Notify>,
-    mut interval: watch::Receiver<Duration>,
-    mut shutdown: Shutdown,
-) -> Result<(), UplinkError> {
-    let mut source = tokio::task::spawn_blocking(HostSource::new)
-        .await
-        .map_err(|e| UplinkError::Task(e.to_string()))?;
-    // CPU use needs two samples some time apart.
-    if shutdown.sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL).await {
-        return Ok(());
-    }
-    let mut period = *interval.borrow_and_update();
-    let mut ticker = new_ticker(period);
-    // Once the config task is gone the interval can no longer change.
-    let mut interval_open = true;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            changed = interval.changed(), if interval_open => {
-                if changed.is_ok() {
-                    let p = *interval.borrow_and_update();
-                    if p != period {
-                        period = p;
-                        ticker = new_ticker_after(period);
-                    }
-                } else {
-                    interval_open = false;
-                }
-                continue;
-            }
-            () = shutdown.wait() => return Ok(()),
-        }
-        let (src, (inventory, metrics)) = tokio::task::spawn_blocking(move || {
-            let sample = source.collect();
-            (source, sample)
-        })
-        .await
-        .map_err(|e| UplinkError::Task(e.to_string()))?;
-        source = src;
-        let at = now_ms();
-        match with_queue(&queue, move |q| q.append(inventory, metrics, at)).await? {
-            Ok(a) => {
-                debug!(seq = a.seq, inventory = a.with_inventory, "batch written");
-                if a.with_inventory {
-                    info!(seq = a.seq, "inventory changed; queued for sending");
-                }
-                if a.dropped > 0 {
-                    warn!(
-                        dropped = a.dropped,
-                        "outbox is full: dropped the {} oldest batch(es) unsent", a.dropped
-                    );
-                }
-                wake_sender.notify_one();
-            }
-            Err(e) => error!("this collection is lost: {e}"),
-        }
-    }
-}
-
-fn new_ticker(period: Duration) -> tokio::time::Interval {
-    let mut t = tokio::time::interval(period);
-    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    t
-}
-
-fn new_ticker_after(period: Duration) -> tokio::time::Interval {
-    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    t
-}
-
 /// Everything the sending task needs.
 pub struct Sender<T: IngestTransport> {
-    /// The queue shared with the collector.
-    pub queue: SharedQueue,
-    /// Woken when a batch is written.
+    /// The spool shared with the collector.
+    pub spool: SharedSpool,
+    /// Woken when records are spooled.
     pub wake: Arc<Notify>,
     /// The transport.
     pub transport: T,
@@ -442,6 +245,10 @@ pub struct Sender<T: IngestTransport> {
     pub interval: watch::Receiver<Duration>,
     /// Appliance id, for messages.
     pub appliance_id: String,
+    /// Caps on one batch.
+    pub limits: BatchLimits,
+    /// Counters for self-metrics.
+    pub stats: Arc<UplinkStats>,
 }
 
 /// What the sender does after one step.
@@ -456,58 +263,89 @@ pub enum Next {
 }
 
 impl<T: IngestTransport> Sender<T> {
-    /// Sends the oldest waiting batch once and applies the answer.
+    /// Probes the primary when due (fail-back), then sends the batch the spool hands out
+    /// once and applies the answer.
     ///
     /// # Errors
-    /// [`UplinkError`] when the queue cannot be read or updated.
+    /// [`UplinkError`] when the spool cannot be read or updated.
     pub async fn step(&mut self, backoff: &mut Backoff) -> Result<Next, UplinkError> {
-        self.ring.maybe_fail_back(Instant::now());
-        let Some((seq, body)) = with_queue(&self.queue, |q| q.next_batch()).await?? else {
+        if self.ring.probe_due(Instant::now()) {
+            let primary = self.ring.primary().to_string();
+            let ok = self.transport.probe(&primary).await;
+            if self.ring.record_probe(Instant::now(), ok) {
+                info!(gateway = %primary, "the primary gateway answers again; failing back to it");
+                self.stats.reconnect();
+            } else {
+                debug!(gateway = %primary, "the primary gateway still does not answer");
+            }
+        }
+        let limits = self.limits;
+        let next = with_spool(&self.spool, move |s| {
+            s.next_batch(limits)?
+                .map(|b| Ok::<_, UplinkError>((b.seq, b.records.len(), encode_batch(&b)?)))
+                .transpose()
+        })
+        .await??;
+        let Some((seq, count, body)) = next else {
             return Ok(Next::Idle);
         };
         let gateway = self.ring.current().to_string();
+        let started = Instant::now();
         let result = self.transport.send(&gateway, body).await;
         match result {
             SendResult::Acked(ack) => {
                 self.ring.on_success(Instant::now());
+                self.stats.answered(&gateway);
+                self.stats.latency(started.elapsed());
                 if backoff.attempts() > 0 {
-                    info!(gateway = %gateway, "gateway reachable again; sending the outbox");
+                    info!(gateway = %gateway, "gateway reachable again; sending the spool");
                 }
                 backoff.reset();
-                let acked = ack.acked_seq;
-                let done = with_queue(&self.queue, move |q| q.acknowledge(acked)).await??;
-                debug!(seq, acked_seq = acked, duplicate = ack.duplicate, removed = done.removed, gateway = %gateway, "batch acknowledged");
-                if acked < seq {
-                    warn!(seq, acked_seq = acked, gateway = %gateway, "gateway acknowledged less than it was sent; retrying later");
-                    return Ok(Next::Wait(backoff.next_random_delay()));
+                let outcome = with_spool(&self.spool, move |s| s.acknowledge(&ack)).await??;
+                match outcome {
+                    AckOutcome::Completed {
+                        trimmed_segments, ..
+                    } => {
+                        debug!(seq, records = count, acked_seq = ack.acked_seq, duplicate = ack.duplicate, trimmed_segments, gateway = %gateway, "batch acknowledged");
+                        Ok(Next::Continue)
+                    }
+                    AckOutcome::Renumbered { from, to } => {
+                        warn!(gateway = %gateway, seq = from, acked_seq = ack.acked_seq, "gateway holds sequence {from} from another batch (its last record id is {}); resending ours as {to}", ack.last_rid);
+                        Ok(Next::Continue)
+                    }
+                    AckOutcome::Behind => {
+                        warn!(seq, acked_seq = ack.acked_seq, gateway = %gateway, "gateway acknowledged less than it was sent; retrying later");
+                        Ok(Next::Wait(backoff.next_random_delay()))
+                    }
+                    AckOutcome::NoBatch => Ok(Next::Continue),
                 }
-                Ok(Next::Continue)
             }
             SendResult::Gap { expected, reply } => {
                 self.ring.on_success(Instant::now());
-                let pending = with_queue(&self.queue, |q| q.outbox().len()).await?;
+                self.stats.answered(&gateway);
                 warn!(
                     gateway = %gateway,
                     seq,
                     expected_seq = expected,
-                    "gateway expects sequence {expected}, not {seq} ({}); renumbering {pending} waiting batch(es)",
+                    "gateway expects sequence {expected}, not {seq} ({}); renumbering the batch",
                     reply.message
                 );
                 if expected == seq {
                     // Nothing to renumber; the gateway is confused. Do not spin.
                     return Ok(Next::Wait(backoff.next_random_delay()));
                 }
-                with_queue(&self.queue, move |q| q.resequence(expected)).await??;
+                with_spool(&self.spool, move |s| s.resequence(expected)).await??;
                 Ok(Next::Continue)
             }
             SendResult::Forbidden(reply) => {
                 self.ring.on_success(Instant::now());
-                let pending = with_queue(&self.queue, |q| q.outbox().len()).await?;
+                self.stats.answered(&gateway);
+                let waiting = with_spool(&self.spool, |s| s.stats().records).await?;
                 error!(
                     appliance = %self.appliance_id,
                     gateway = %gateway,
                     "gateway refuses appliance {} (revoked, or unknown to this gateway): {}; \
-                     keeping {pending} batch(es) and retrying every interval",
+                     keeping {waiting} spooled record(s) and retrying every interval",
                     self.appliance_id,
                     reply.message
                 );
@@ -515,11 +353,13 @@ impl<T: IngestTransport> Sender<T> {
             }
             SendResult::Rejected(reply) => {
                 self.ring.on_success(Instant::now());
+                self.stats.answered(&gateway);
                 error!(gateway = %gateway, seq, "gateway refused batch {seq}: {reply}; keeping it and retrying");
                 Ok(Next::Wait(backoff.next_random_delay()))
             }
             SendResult::Unreachable(why) => {
                 warn!(gateway = %gateway, seq, "sending batch {seq} failed: {why}");
+                self.stats.reconnect();
                 match self.ring.on_failure() {
                     AfterFailure::TryNext => {
                         info!(gateway = %self.ring.current(), "failing over to the next gateway");
@@ -531,10 +371,9 @@ impl<T: IngestTransport> Sender<T> {
         }
     }
 
-    /// The sending task: sends until the outbox is empty, then waits for the collector;
+    /// The sending task: sends until the spool is empty, then waits for the collector;
     /// stops at the next wait on shutdown (an interrupted request is simply resent later).
-    pub async fn run(mut self, mut shutdown: Shutdown) {
-        let mut backoff = Backoff::default();
+    pub async fn run(mut self, mut backoff: Backoff, mut shutdown: Shutdown) {
         loop {
             let next = tokio::select! {
                 n = self.step(&mut backoff) => n,
@@ -564,6 +403,9 @@ impl<T: IngestTransport> Sender<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failover::DEFAULT_FAIL_BACK_AFTER;
+    use crate::spool::{SpoolConfig, SpoolStats};
+    use outpost_proto::{content_hash, HostInventory, HostMetrics, Record};
     use std::collections::VecDeque;
 
     fn inv(name: &str) -> HostInventory {
@@ -573,133 +415,26 @@ mod tests {
         }
     }
 
-    fn kinds(records: &[Record]) -> Vec<&'static str> {
-        records.iter().map(Record::kind).collect()
-    }
-
-    #[test]
-    fn inventory_only_when_changed() {
-        let a = inv("a");
-        let ha = content_hash(&a);
-        let r = plan_records(a.clone(), HostMetrics::default(), 5, None);
-        assert_eq!(kinds(&r), ["inventory", "metrics"]);
-        let r = plan_records(a.clone(), HostMetrics::default(), 5, Some(&ha));
-        assert_eq!(kinds(&r), ["metrics"]);
-        let r = plan_records(inv("b"), HostMetrics::default(), 5, Some(&ha));
-        assert_eq!(kinds(&r), ["inventory", "metrics"]);
-        match &r[0] {
-            Record::Inventory { hash, .. } => assert_eq!(hash, &content_hash(&inv("b"))),
-            Record::Metrics { .. } => unreachable!(),
+    fn metrics(n: i64) -> Record {
+        Record::Metrics {
+            collected_at_ms: n,
+            metrics: HostMetrics::default(),
         }
     }
 
-    #[test]
-    fn queue_sends_inventory_once_then_after_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut q = Queue::open(dir.path(), 100).unwrap();
-        let a1 = q.append(inv("a"), HostMetrics::default(), 1).unwrap();
-        assert_eq!((a1.seq, a1.with_inventory), (1, true));
-        // Still waiting in the outbox: not again.
-        let a2 = q.append(inv("a"), HostMetrics::default(), 2).unwrap();
-        assert_eq!((a2.seq, a2.with_inventory), (2, false));
-        q.acknowledge(2).unwrap();
-        assert_eq!(q.state().last_acked_seq, 2);
-        assert_eq!(
-            q.state().acked_inventory_hash.as_deref(),
-            Some(content_hash(&inv("a")).as_str())
-        );
-        assert!(q.outbox().is_empty());
-        // Acknowledged: not again, even after a restart.
-        let mut q = Queue::open(dir.path(), 100).unwrap();
-        let a3 = q.append(inv("a"), HostMetrics::default(), 3).unwrap();
-        assert_eq!((a3.seq, a3.with_inventory), (3, false));
-        // Changed, then changed back while the change is still waiting: both are sent.
-        assert!(
-            q.append(inv("b"), HostMetrics::default(), 4)
-                .unwrap()
-                .with_inventory
-        );
-        assert!(
-            q.append(inv("a"), HostMetrics::default(), 5)
-                .unwrap()
-                .with_inventory
-        );
-    }
-
-    #[test]
-    fn dropped_inventory_is_sent_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut q = Queue::open(dir.path(), 2).unwrap();
-        assert!(
-            q.append(inv("a"), HostMetrics::default(), 1)
-                .unwrap()
-                .with_inventory
-        );
-        assert!(
-            !q.append(inv("a"), HostMetrics::default(), 2)
-                .unwrap()
-                .with_inventory
-        );
-        // The cap drops batch 1 (the one with the inventory) while writing batch 3; the
-        // inventory comes back with batch 4.
-        let a3 = q.append(inv("a"), HostMetrics::default(), 3).unwrap();
-        assert_eq!(a3.dropped, 1);
-        assert!(
-            q.append(inv("a"), HostMetrics::default(), 4)
-                .unwrap()
-                .with_inventory
-        );
-    }
-
-    #[test]
-    fn seq_continues_after_restart_and_acked_leftovers_are_trimmed() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut q = Queue::open(dir.path(), 100).unwrap();
-        for t in 0..3 {
-            q.append(inv("a"), HostMetrics::default(), t).unwrap();
-        }
-        // Simulate a crash after state.json was written but before the trim.
-        UplinkState {
-            last_acked_seq: 2,
-            acked_inventory_hash: None,
-        }
-        .write(dir.path())
-        .unwrap();
-        let q = Queue::open(dir.path(), 100).unwrap();
-        assert_eq!(q.outbox().seqs(), vec![3]);
-        assert_eq!(q.next_seq(), 4);
-    }
-
-    #[test]
-    fn resequence_moves_batches_and_state_to_the_gateway() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut q = Queue::open(dir.path(), 100).unwrap();
-        for t in 0..3 {
-            q.append(inv("a"), HostMetrics::default(), t).unwrap();
-        }
-        q.acknowledge(1).unwrap();
-        assert_eq!(q.outbox().seqs(), vec![2, 3]);
-        // The gateway lost everything (e.g. a rebuilt store): it expects 1.
-        q.resequence(1).unwrap();
-        assert_eq!(q.outbox().seqs(), vec![1, 2]);
-        assert_eq!(q.state().last_acked_seq, 0);
-        assert_eq!(q.state().acked_inventory_hash, None);
-        assert_eq!(q.next_seq(), 3);
-        // The next collection carries the inventory again (batch 1 had it but was acked).
-        assert!(
-            q.append(inv("a"), HostMetrics::default(), 9)
-                .unwrap()
-                .with_inventory
-        );
+    fn decode(body: &[u8]) -> IngestBatch {
+        let json = zstd::decode_all(body).unwrap();
+        serde_json::from_slice(&json).unwrap()
     }
 
     #[test]
     fn answers_are_classified() {
         assert_eq!(
-            classify_ingest_answer(200, br#"{"acked_seq":3,"duplicate":false}"#),
+            classify_ingest_answer(200, br#"{"acked_seq":3,"duplicate":false,"last_rid":9}"#),
             SendResult::Acked(IngestAck {
                 acked_seq: 3,
-                duplicate: false
+                duplicate: false,
+                last_rid: 9,
             })
         );
         assert!(matches!(
@@ -727,100 +462,178 @@ mod tests {
         ));
     }
 
-    /// A gateway double: answers from a script and records what it was sent.
+    /// What the scripted gateway received.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Sent {
+        gateway: String,
+        seq: u64,
+        rids: Vec<u64>,
+    }
+
+    /// A gateway double: answers from a script and records what it was sent. With
+    /// `Auto`, it acknowledges like a real gateway would.
     #[derive(Clone, Default)]
     struct ScriptedGateway {
-        answers: Arc<Mutex<VecDeque<SendResult>>>,
-        sent: Arc<Mutex<Vec<(String, u64)>>>,
+        answers: Arc<Mutex<VecDeque<Answer>>>,
+        probes: Arc<Mutex<VecDeque<bool>>>,
+        sent: Arc<Mutex<Vec<Sent>>>,
+        probed: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[derive(Clone)]
+    enum Answer {
+        Fixed(SendResult),
+        /// Store the batch: ack its seq, last rid of the batch.
+        Store,
     }
 
     impl IngestTransport for ScriptedGateway {
         async fn send(&self, gateway: &str, body: Vec<u8>) -> SendResult {
-            let batch = crate::outbox::decode_batch(&body, std::path::Path::new("body")).unwrap();
-            self.sent
-                .lock()
-                .unwrap()
-                .push((gateway.to_string(), batch.seq));
-            self.answers
-                .lock()
-                .unwrap()
-                .pop_front()
-                .unwrap_or(SendResult::Unreachable("script ended".into()))
+            let batch = decode(&body);
+            let rids: Vec<u64> = batch.records.iter().map(|e| e.rid).collect();
+            self.sent.lock().unwrap().push(Sent {
+                gateway: gateway.to_string(),
+                seq: batch.seq,
+                rids: rids.clone(),
+            });
+            match self.answers.lock().unwrap().pop_front() {
+                Some(Answer::Fixed(r)) => r,
+                Some(Answer::Store) => SendResult::Acked(IngestAck {
+                    acked_seq: batch.seq,
+                    duplicate: false,
+                    last_rid: rids.last().copied().unwrap_or(0),
+                }),
+                None => SendResult::Unreachable("script ended".into()),
+            }
+        }
+
+        async fn probe(&self, gateway: &str) -> bool {
+            self.probed.lock().unwrap().push(gateway.to_string());
+            self.probes.lock().unwrap().pop_front().unwrap_or(false)
         }
     }
 
-    fn ack(n: u64) -> SendResult {
-        SendResult::Acked(IngestAck {
-            acked_seq: n,
+    fn ack(seq: u64, last_rid: u64) -> Answer {
+        Answer::Fixed(SendResult::Acked(IngestAck {
+            acked_seq: seq,
             duplicate: false,
-        })
+            last_rid,
+        }))
+    }
+
+    fn down() -> Answer {
+        Answer::Fixed(SendResult::Unreachable("down".into()))
+    }
+
+    fn sender_with(
+        dir: &std::path::Path,
+        script: Vec<Answer>,
+        fail_back: Duration,
+        limits: BatchLimits,
+    ) -> (Sender<ScriptedGateway>, ScriptedGateway) {
+        let gw = ScriptedGateway::default();
+        gw.answers.lock().unwrap().extend(script);
+        let spool = Spool::open(dir, SpoolConfig::default()).unwrap();
+        let (_tx, rx) = watch::channel(Duration::from_secs(10));
+        let s = Sender {
+            spool: Arc::new(Mutex::new(spool)),
+            wake: Arc::new(Notify::new()),
+            transport: gw.clone(),
+            ring: GatewayRing::new(vec!["a:1".into(), "b:1".into()], fail_back),
+            interval: rx,
+            appliance_id: "ap-test".into(),
+            limits,
+            stats: Arc::new(UplinkStats::default()),
+        };
+        (s, gw)
     }
 
     fn sender(
         dir: &std::path::Path,
-        script: Vec<SendResult>,
+        script: Vec<Answer>,
     ) -> (Sender<ScriptedGateway>, ScriptedGateway) {
-        let gw = ScriptedGateway::default();
-        gw.answers.lock().unwrap().extend(script);
-        let q = Queue::open(dir, 100).unwrap();
-        let (_tx, rx) = watch::channel(Duration::from_secs(10));
-        let s = Sender {
-            queue: Arc::new(Mutex::new(q)),
-            wake: Arc::new(Notify::new()),
-            transport: gw.clone(),
-            ring: GatewayRing::new(vec!["a:1".into(), "b:1".into()]),
-            interval: rx,
-            appliance_id: "ap-test".into(),
-        };
-        (s, gw)
+        sender_with(dir, script, DEFAULT_FAIL_BACK_AFTER, BatchLimits::default())
+    }
+
+    fn spool_stats(s: &Sender<ScriptedGateway>) -> SpoolStats {
+        s.spool.lock().unwrap().stats()
+    }
+
+    fn append(s: &Sender<ScriptedGateway>, records: Vec<Record>) {
+        s.spool.lock().unwrap().append(records).unwrap();
     }
 
     #[tokio::test]
     async fn sender_trims_on_ack_and_fails_over() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut s, gw) = sender(
-            dir.path(),
-            vec![ack(1), SendResult::Unreachable("down".into()), ack(2)],
-        );
-        for t in 0..2 {
-            s.queue
-                .lock()
-                .unwrap()
-                .append(inv("a"), HostMetrics::default(), t)
-                .unwrap();
-        }
+        let (mut s, gw) = sender(dir.path(), vec![ack(1, 2), down(), ack(2, 3)]);
+        append(&s, vec![metrics(1), metrics(2)]);
         let mut b = Backoff::default();
         assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        append(&s, vec![metrics(3)]);
         assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
         assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
         assert_eq!(s.step(&mut b).await.unwrap(), Next::Idle);
+        let sent = gw.sent.lock().unwrap().clone();
+        let summary: Vec<(&str, u64, Vec<u64>)> = sent
+            .iter()
+            .map(|x| (x.gateway.as_str(), x.seq, x.rids.clone()))
+            .collect();
         assert_eq!(
-            *gw.sent.lock().unwrap(),
-            vec![("a:1".into(), 1), ("a:1".into(), 2), ("b:1".into(), 2)]
+            summary,
+            vec![
+                ("a:1", 1, vec![1, 2]),
+                ("a:1", 2, vec![3]),
+                ("b:1", 2, vec![3]),
+            ]
         );
-        assert_eq!(UplinkState::load(dir.path()).unwrap().last_acked_seq, 2);
+        let st = spool_stats(&s);
+        assert_eq!((st.last_acked_seq, st.acked_rid, st.records), (2, 3, 0));
+        let snap = s.stats.snapshot();
+        assert_eq!(snap.current_gateway, "b:1");
+        assert_eq!(snap.reconnects, 1);
+        assert!(snap.send_latency_ms.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_backlog_drains_in_capped_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = BatchLimits {
+            max_records: 4,
+            max_bytes: 1 << 20,
+        };
+        let script = vec![Answer::Store; 10];
+        let (mut s, gw) = sender_with(dir.path(), script, DEFAULT_FAIL_BACK_AFTER, limits);
+        append(&s, (0..10).map(metrics).collect());
+        let mut b = Backoff::default();
+        while s.step(&mut b).await.unwrap() == Next::Continue {}
+        let sent = gw.sent.lock().unwrap().clone();
+        let sizes: Vec<(u64, usize)> = sent.iter().map(|x| (x.seq, x.rids.len())).collect();
+        assert_eq!(sizes, vec![(1, 4), (2, 4), (3, 2)]);
+        let all: Vec<u64> = sent.iter().flat_map(|x| x.rids.clone()).collect();
+        assert_eq!(all, (1..=10).collect::<Vec<_>>());
     }
 
     #[tokio::test]
     async fn sender_renumbers_on_gap_and_waits_when_forbidden() {
         let dir = tempfile::tempdir().unwrap();
-        UplinkState {
+        // A ledger from before: the collector believes 10 batches are stored.
+        crate::spool::Ledger {
             last_acked_seq: 10,
-            acked_inventory_hash: None,
+            ..crate::spool::Ledger::default()
         }
         .write(dir.path())
         .unwrap();
-        let gap = classify_ingest_answer(
+        let gap = Answer::Fixed(classify_ingest_answer(
             409,
             br#"{"error":"sequence_gap","message":"expected 4","expected_seq":4}"#,
-        );
-        let forbidden = classify_ingest_answer(403, br#"{"error":"revoked","message":"revoked"}"#);
-        let (mut s, gw) = sender(dir.path(), vec![gap, forbidden, ack(4)]);
-        s.queue
-            .lock()
-            .unwrap()
-            .append(inv("a"), HostMetrics::default(), 0)
-            .unwrap();
+        ));
+        let forbidden = Answer::Fixed(classify_ingest_answer(
+            403,
+            br#"{"error":"revoked","message":"revoked"}"#,
+        ));
+        let (mut s, gw) = sender(dir.path(), vec![gap, forbidden, ack(4, 1)]);
+        append(&s, vec![metrics(0)]);
         let mut b = Backoff::default();
         assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
         assert_eq!(
@@ -828,13 +641,166 @@ mod tests {
             Next::Wait(Duration::from_secs(10))
         );
         assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        let seqs: Vec<(u64, Vec<u64>)> = gw
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|x| (x.seq, x.rids.clone()))
+            .collect();
+        assert_eq!(seqs, vec![(11, vec![1]), (4, vec![1]), (4, vec![1])]);
+        let st = spool_stats(&s);
+        assert_eq!((st.records, st.last_acked_seq), (0, 4));
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_of_someone_elses_batch_is_renumbered_not_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        // The gateway holds seq 1..=7 with records up to id 1 (the ledger was lost, the
+        // spool kept); our batch 1 holds ids 1..=2, so the gateway does not hold it all.
+        let dup = Answer::Fixed(SendResult::Acked(IngestAck {
+            acked_seq: 7,
+            duplicate: true,
+            last_rid: 1,
+        }));
+        let (mut s, gw) = sender(dir.path(), vec![dup, ack(8, 2)]);
+        append(&s, vec![metrics(1), metrics(2)]);
+        let mut b = Backoff::default();
+        assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        assert_eq!(spool_stats(&s).records, 2, "nothing trimmed");
+        assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        let seqs: Vec<(u64, Vec<u64>)> = gw
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|x| (x.seq, x.rids.clone()))
+            .collect();
+        assert_eq!(seqs, vec![(1, vec![1, 2]), (8, vec![1, 2])]);
+        assert_eq!(spool_stats(&s).last_acked_seq, 8);
+        assert_eq!(spool_stats(&s).records, 0);
+        append(&s, vec![metrics(3)]);
+        let fresh = s
+            .spool
+            .lock()
+            .unwrap()
+            .next_batch(BatchLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!((fresh.seq, fresh.records[0].rid), (9, 3));
+    }
+
+    #[tokio::test]
+    async fn record_ids_jump_past_a_gateway_that_holds_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _gw) = sender(dir.path(), vec![ack(1, 40)]);
+        append(&s, vec![metrics(1)]);
+        let mut b = Backoff::default();
+        assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        assert_eq!(spool_stats(&s).next_rid, 41);
+    }
+
+    #[tokio::test]
+    async fn a_crash_before_the_ack_resends_the_same_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The gateway stores the batch, but the answer never arrives.
+            let (mut s, gw) = sender(dir.path(), vec![down(), down()]);
+            append(&s, vec![metrics(1), metrics(2), metrics(3)]);
+            let mut b = Backoff::default();
+            s.step(&mut b).await.unwrap();
+            assert_eq!(gw.sent.lock().unwrap()[0].seq, 1);
+        }
+        // Restart: more records were spooled meanwhile; the in-flight batch is resent as
+        // it was, the new records follow in the next batch.
+        let (mut s, gw) = sender(dir.path(), vec![Answer::Store, Answer::Store]);
+        append(&s, vec![metrics(4)]);
+        let mut b = Backoff::default();
+        assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        let sent = gw.sent.lock().unwrap().clone();
         assert_eq!(
-            *gw.sent.lock().unwrap(),
-            vec![("a:1".into(), 11), ("a:1".into(), 4), ("a:1".into(), 4)]
+            sent.iter()
+                .map(|x| (x.seq, x.rids.clone()))
+                .collect::<Vec<_>>(),
+            vec![(1, vec![1, 2, 3]), (2, vec![4])]
         );
-        let q = s.queue.lock().unwrap();
-        assert!(q.outbox().is_empty());
-        assert_eq!(q.state().last_acked_seq, 4);
-        assert_eq!(q.next_seq(), 5);
+    }
+
+    #[tokio::test]
+    async fn sender_probes_the_primary_and_fails_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Duration::from_millis(50);
+        let script = vec![down(), Answer::Store, Answer::Store, Answer::Store];
+        let (mut s, gw) = sender_with(dir.path(), script, p, BatchLimits::default());
+        gw.probes.lock().unwrap().extend([false, true]);
+        let mut b = Backoff::default();
+        append(&s, vec![metrics(1)]);
+        assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        assert_eq!(s.ring.current(), "b:1");
+        // First probe: the primary is still down.
+        tokio::time::sleep(p).await;
+        append(&s, vec![metrics(2)]);
+        assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        assert_eq!(s.ring.current(), "b:1");
+        // Second probe, a period later: it answers; the next batch goes to it.
+        tokio::time::sleep(p).await;
+        append(&s, vec![metrics(3)]);
+        assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        assert!(s.ring.on_primary());
+        let sent: Vec<(String, u64)> = gw
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|x| (x.gateway.clone(), x.seq))
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                ("a:1".into(), 1),
+                ("b:1".into(), 1),
+                ("b:1".into(), 2),
+                ("a:1".into(), 3)
+            ]
+        );
+        assert_eq!(*gw.probed.lock().unwrap(), vec!["a:1", "a:1"]);
+        assert_eq!(
+            s.stats.snapshot().reconnects,
+            2,
+            "one failover, one fail-back"
+        );
+    }
+
+    #[tokio::test]
+    async fn inventory_is_known_until_acknowledged_and_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _gw) = sender(dir.path(), vec![Answer::Store]);
+        let h = content_hash(&inv("a"));
+        append(
+            &s,
+            vec![
+                Record::Inventory {
+                    collected_at_ms: 1,
+                    hash: h.clone(),
+                    inventory: inv("a"),
+                },
+                metrics(1),
+            ],
+        );
+        assert_eq!(
+            s.spool.lock().unwrap().known_inventory_hash(),
+            Some(h.as_str())
+        );
+        let mut b = Backoff::default();
+        assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        drop(s);
+        let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
+        assert_eq!(spool.known_inventory_hash(), Some(h.as_str()));
+        assert_eq!(
+            spool.ledger().acked_inventory_hash.as_deref(),
+            Some(h.as_str())
+        );
     }
 }

@@ -489,13 +489,24 @@ async fn ingest(
         .ingest(&who.id, batch.seq, &batch.records, now_ms())
         .await?
     {
-        IngestOutcome::Stored(seq) => Ok(Json(IngestAck {
-            acked_seq: seq,
-            duplicate: false,
-        })),
-        IngestOutcome::Duplicate(last) => Ok(Json(IngestAck {
-            acked_seq: last,
+        IngestOutcome::Stored {
+            seq,
+            last_rid,
+            skipped,
+        } => {
+            if skipped > 0 {
+                warn!(appliance = %who.id, seq, skipped, "batch {seq} carried {skipped} record(s) whose ids were stored before; skipped them");
+            }
+            Ok(Json(IngestAck {
+                acked_seq: seq,
+                duplicate: false,
+                last_rid,
+            }))
+        }
+        IngestOutcome::Duplicate { last_seq, last_rid } => Ok(Json(IngestAck {
+            acked_seq: last_seq,
             duplicate: true,
+            last_rid,
         })),
         IngestOutcome::Gap { expected } => {
             warn!(appliance = %who.id, seq = batch.seq, expected, "batch from the future refused");
@@ -555,7 +566,38 @@ fn decode_batch(bytes: &[u8], zstd: bool, max_plain: usize) -> Result<IngestBatc
             ),
         ));
     }
+    check_record_ids(&batch)?;
     Ok(batch)
+}
+
+/// Record ids start at 1, fit the store's BIGINT, and increase within a batch.
+fn check_record_ids(batch: &IngestBatch) -> Result<(), ApiError> {
+    let mut prev = 0u64;
+    for (i, e) in batch.records.iter().enumerate() {
+        if e.rid == 0 || i64::try_from(e.rid).is_err() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_rid",
+                format!(
+                    "record {i} has rid {}; record ids run from 1 to {}",
+                    e.rid,
+                    i64::MAX
+                ),
+            ));
+        }
+        if e.rid <= prev {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_rid",
+                format!(
+                    "record {i} has rid {} after rid {prev}; record ids must increase within a batch",
+                    e.rid
+                ),
+            ));
+        }
+        prev = e.rid;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -669,5 +711,42 @@ mod tests {
         assert_eq!(e.code, "bad_json");
         let ok = zstd::encode_all(&br#"{"seq":3,"records":[]}"#[..], 3).unwrap();
         assert_eq!(decode_batch(&ok, true, 1024).unwrap().seq, 3);
+    }
+
+    fn batch_with_rids(rids: &[u64]) -> Vec<u8> {
+        let records: Vec<String> = rids
+            .iter()
+            .map(|r| format!(r#"{{"rid":{r},"kind":"metrics","collected_at_ms":1,"metrics":{{"uptime_secs":1,"load_avg":[0,0,0],"cpu_usage_percent":0,"memory_used_bytes":0,"memory_available_bytes":0,"swap_used_bytes":0,"process_count":0,"filesystems":[],"nics":[]}}}}"#))
+            .collect();
+        format!(r#"{{"seq":1,"records":[{}]}}"#, records.join(",")).into_bytes()
+    }
+
+    #[test]
+    fn record_ids_must_start_at_one_and_increase() {
+        assert_eq!(
+            decode_batch(&batch_with_rids(&[1, 2, 7]), false, 1 << 20)
+                .unwrap()
+                .records
+                .len(),
+            3
+        );
+        for (rids, needle) in [
+            (&[0u64][..], "rid 0"),
+            (&[3, 3][..], "after rid 3"),
+            (&[5, 4][..], "after rid 5"),
+            (&[u64::MAX][..], "record ids run from 1"),
+        ] {
+            let e = decode_batch(&batch_with_rids(rids), false, 1 << 20).unwrap_err();
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad_rid"));
+            assert!(e.message.contains(needle), "{rids:?}: {}", e.message);
+        }
+        // A record without an id is not a batch at all.
+        let e = decode_batch(
+            br#"{"seq":1,"records":[{"kind":"metrics","collected_at_ms":1,"metrics":{}}]}"#,
+            false,
+            1 << 20,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "bad_json");
     }
 }

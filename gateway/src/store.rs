@@ -6,12 +6,15 @@
 //! Statements use `$N` placeholders, which both drivers map by number.
 //!
 //! Ingest is exactly-once: a batch, its records and the appliance's new `last_seq` are
-//! written in one transaction, guarded by a compare-and-set on `last_seq` so two gateways
-//! of a pool can never both store the same sequence.
+//! written in one transaction that starts with a compare-and-set on `last_seq`, so two
+//! gateways of a pool can never both store the same sequence: the second waits on the
+//! appliance's row, finds the sequence taken, and answers "duplicate". Records are also unique per
+//! `(appliance, rid)`: a record whose id is already stored (it came before under another
+//! sequence) is skipped, deterministically, and the rest of its batch is stored.
 
 use std::time::Duration;
 
-use outpost_proto::{ApplianceState, Record};
+use outpost_proto::{ApplianceState, Envelope, Record};
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -90,6 +93,16 @@ pub struct ApplianceDetail {
     pub batches: i64,
     /// Records stored.
     pub records: i64,
+    /// Highest record id stored.
+    pub last_rid: i64,
+    /// Latest self-metrics of the collector (JSON of `AgentMetrics`).
+    pub agent_json: Option<String>,
+    /// When they were collected.
+    pub agent_at: Option<Millis>,
+    /// Records the collector dropped at its spool cap (cumulative, as last reported).
+    pub dropped_records: i64,
+    /// Records the collector lost to spool damage (cumulative, as last reported).
+    pub spool_corrupt_records: i64,
     /// Latest inventory (JSON text).
     pub inventory_json: Option<String>,
     /// When it was collected.
@@ -133,15 +146,40 @@ pub struct NewCert<'a> {
 /// Outcome of storing a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestOutcome {
-    /// Stored; the new highest sequence.
-    Stored(u64),
-    /// Stored before; nothing written. Carries the highest stored sequence.
-    Duplicate(u64),
+    /// Stored.
+    Stored {
+        /// The new highest sequence (the batch's).
+        seq: u64,
+        /// The highest record id stored now.
+        last_rid: u64,
+        /// Records skipped because their id was stored before.
+        skipped: u64,
+    },
+    /// Stored before; nothing written.
+    Duplicate {
+        /// The highest stored sequence.
+        last_seq: u64,
+        /// The highest record id stored.
+        last_rid: u64,
+    },
     /// A sequence from the future; the one expected next.
     Gap {
         /// Next sequence the gateway accepts.
         expected: u64,
     },
+}
+
+/// One stored record, as `appliances records` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Record id; `None` for records stored before record ids existed.
+    pub rid: Option<i64>,
+    /// Sequence of the batch that carried it.
+    pub seq: i64,
+    /// Kind (`inventory`, `metrics`, `agent`).
+    pub kind: String,
+    /// Collection time, unix ms.
+    pub collected_at: Millis,
 }
 
 /// A command row.
@@ -516,7 +554,8 @@ impl Store {
         let r = sqlx::query(
             "SELECT id, state, customer, hostname, enrolled_at, last_seen,
                     approved_at, revoked_at, last_seq, batches, records,
-                    inventory_json, inventory_at, metrics_json, metrics_at, csr_pem, token_id
+                    inventory_json, inventory_at, metrics_json, metrics_at, csr_pem, token_id,
+                    last_rid, agent_json, agent_at, dropped_records, spool_corrupt_records
              FROM appliances WHERE id = $1",
         )
         .bind(id)
@@ -547,13 +586,20 @@ impl Store {
             metrics_at: r.get(14),
             csr_pem: r.get(15),
             token_id: r.get(16),
+            last_rid: r.get(17),
+            agent_json: r.get(18),
+            agent_at: r.get(19),
+            dropped_records: r.get(20),
+            spool_corrupt_records: r.get(21),
             certificate: cert.map(|c| (c.get(0), c.get(1))),
         })
     }
 
     // ---- telemetry ----------------------------------------------------------------------
 
-    /// Stores one batch exactly once (see the module docs).
+    /// Stores one batch exactly once (see the module docs). Records come in increasing
+    /// `rid` order (the API checks); one whose `(appliance, rid)` is already stored is
+    /// skipped and counted in `skipped`, the rest of the batch is stored.
     ///
     /// # Errors
     /// [`StoreError::Query`]; nothing is stored then.
@@ -561,12 +607,12 @@ impl Store {
         &self,
         appliance_id: &str,
         seq: u64,
-        records: &[Record],
+        records: &[Envelope],
         now: Millis,
     ) -> Result<IngestOutcome, StoreError> {
         let seq_i = i64::try_from(seq).unwrap_or(i64::MAX);
         let mut tx = self.write.begin().await.map_err(q("begin ingest"))?;
-        let last: i64 = sqlx::query("SELECT last_seq FROM appliances WHERE id = $1")
+        let row = sqlx::query("SELECT last_seq, last_rid FROM appliances WHERE id = $1")
             .bind(appliance_id)
             .fetch_optional(&mut *tx)
             .await
@@ -574,16 +620,38 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound {
                 what: "appliance",
                 id: appliance_id.to_string(),
-            })?
-            .get(0);
+            })?;
+        let (last, last_rid): (i64, i64) = (row.get(0), row.get(1));
         let last_u = u64::try_from(last).unwrap_or(0);
+        let last_rid_u = u64::try_from(last_rid).unwrap_or(0);
         if seq <= last_u {
-            return Ok(IngestOutcome::Duplicate(last_u));
+            return Ok(IngestOutcome::Duplicate {
+                last_seq: last_u,
+                last_rid: last_rid_u,
+            });
         }
         if seq != last_u + 1 {
             return Ok(IngestOutcome::Gap {
                 expected: last_u + 1,
             });
+        }
+        // Claim the sequence first. The update takes the appliance's row lock, so a gateway
+        // of the pool storing the same sequence at the same moment waits here until this
+        // transaction ends, then finds `last_seq` moved and answers "duplicate" instead of
+        // failing on the batch's primary key.
+        let claimed = sqlx::query(
+            "UPDATE appliances SET last_seq = $2, last_seen = $3 WHERE id = $1 AND last_seq = $4",
+        )
+        .bind(appliance_id)
+        .bind(seq_i)
+        .bind(now)
+        .bind(last)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("advance last_seq"))?;
+        if claimed.rows_affected() != 1 {
+            drop(tx);
+            return self.ingest_lost_race(appliance_id, seq).await;
         }
         let count = i64::try_from(records.len()).unwrap_or(i64::MAX);
         sqlx::query(
@@ -598,24 +666,41 @@ impl Store {
         .map_err(q("insert batch"))?;
         let mut inventory: Option<(String, String, Millis)> = None;
         let mut metrics: Option<(String, Millis)> = None;
-        for (idx, rec) in records.iter().enumerate() {
+        let mut agent: Option<(String, Millis, i64, i64)> = None;
+        let mut inserted: i64 = 0;
+        let mut new_last_rid = last_rid;
+        for (idx, env) in records.iter().enumerate() {
+            let rec = &env.record;
+            let rid = i64::try_from(env.rid).map_err(|_| StoreError::Corrupt {
+                what: "record id",
+                id: appliance_id.to_string(),
+                reason: format!("{} does not fit a BIGINT", env.rid),
+            })?;
             let body = serde_json::to_string(rec).map_err(|e| StoreError::Corrupt {
                 what: "record",
                 id: appliance_id.to_string(),
                 reason: e.to_string(),
             })?;
-            sqlx::query(
-                "INSERT INTO records (appliance_id, seq, idx, kind, collected_at, body) VALUES ($1, $2, $3, $4, $5, $6)",
+            let done = sqlx::query(
+                "INSERT INTO records (appliance_id, seq, idx, rid, kind, collected_at, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (appliance_id, rid) DO NOTHING",
             )
             .bind(appliance_id)
             .bind(seq_i)
             .bind(i64::try_from(idx).unwrap_or(i64::MAX))
+            .bind(rid)
             .bind(rec.kind())
             .bind(rec.collected_at_ms())
             .bind(body)
             .execute(&mut *tx)
             .await
             .map_err(q("insert record"))?;
+            new_last_rid = new_last_rid.max(rid);
+            if done.rows_affected() == 0 {
+                continue;
+            }
+            inserted += 1;
             match rec {
                 Record::Inventory {
                     collected_at_ms,
@@ -632,24 +717,30 @@ impl Store {
                     let json = serde_json::to_string(m).unwrap_or_default();
                     metrics = Some((json, *collected_at_ms));
                 }
+                Record::Agent {
+                    collected_at_ms,
+                    agent: a,
+                } => {
+                    let json = serde_json::to_string(a).unwrap_or_default();
+                    agent = Some((
+                        json,
+                        *collected_at_ms,
+                        i64::try_from(a.dropped_records).unwrap_or(i64::MAX),
+                        i64::try_from(a.spool_corrupt_records).unwrap_or(i64::MAX),
+                    ));
+                }
             }
         }
-        let updated = sqlx::query(
-            "UPDATE appliances SET last_seq = $2, batches = batches + 1, records = records + $3, last_seen = $4
-             WHERE id = $1 AND last_seq = $5",
+        sqlx::query(
+            "UPDATE appliances SET batches = batches + 1, records = records + $2, last_rid = $3
+             WHERE id = $1",
         )
         .bind(appliance_id)
-        .bind(seq_i)
-        .bind(count)
-        .bind(now)
-        .bind(last)
+        .bind(inserted)
+        .bind(new_last_rid)
         .execute(&mut *tx)
         .await
-        .map_err(q("advance last_seq"))?;
-        if updated.rows_affected() != 1 {
-            // Another gateway of the pool stored this sequence meanwhile.
-            return Ok(IngestOutcome::Duplicate(seq));
-        }
+        .map_err(q("count batch"))?;
         if let Some((json, hash, at)) = inventory {
             sqlx::query(
                 "UPDATE appliances SET inventory_json = $2, inventory_hash = $3, inventory_at = $4 WHERE id = $1",
@@ -671,8 +762,97 @@ impl Store {
                 .await
                 .map_err(q("update metrics"))?;
         }
+        if let Some((json, at, dropped, corrupt)) = agent {
+            sqlx::query(
+                "UPDATE appliances SET agent_json = $2, agent_at = $3, dropped_records = $4,
+                        spool_corrupt_records = $5
+                 WHERE id = $1",
+            )
+            .bind(appliance_id)
+            .bind(json)
+            .bind(at)
+            .bind(dropped)
+            .bind(corrupt)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("update self-metrics"))?;
+        }
         tx.commit().await.map_err(q("commit ingest"))?;
-        Ok(IngestOutcome::Stored(seq))
+        Ok(IngestOutcome::Stored {
+            seq,
+            last_rid: u64::try_from(new_last_rid).unwrap_or(0),
+            skipped: u64::try_from(count - inserted).unwrap_or(0),
+        })
+    }
+
+    /// The answer when another gateway of the pool moved `last_seq` between our read and
+    /// our claim: read it again and classify `seq` against it.
+    async fn ingest_lost_race(
+        &self,
+        appliance_id: &str,
+        seq: u64,
+    ) -> Result<IngestOutcome, StoreError> {
+        let row = sqlx::query("SELECT last_seq, last_rid FROM appliances WHERE id = $1")
+            .bind(appliance_id)
+            .fetch_one(&self.write)
+            .await
+            .map_err(q("read last_seq"))?;
+        let last_seq = u64::try_from(row.get::<i64, _>(0)).unwrap_or(0);
+        let last_rid = u64::try_from(row.get::<i64, _>(1)).unwrap_or(0);
+        Ok(if seq <= last_seq {
+            IngestOutcome::Duplicate { last_seq, last_rid }
+        } else {
+            IngestOutcome::Gap {
+                expected: last_seq + 1,
+            }
+        })
+    }
+
+    /// Stored records of an appliance in record id order (records from before record ids
+    /// first, in batch order), optionally of one kind and at most `limit`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] for an unknown appliance, [`StoreError::Query`].
+    pub async fn list_records(
+        &self,
+        appliance_id: &str,
+        kind: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        self.state_of(appliance_id).await?;
+        let mut sql = String::from(
+            "SELECT rid, seq, kind, collected_at FROM records WHERE appliance_id = $1",
+        );
+        let mut n = 1;
+        if kind.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND kind = ${n}"));
+        }
+        sql.push_str(" ORDER BY CASE WHEN rid IS NULL THEN 0 ELSE 1 END, rid, seq, idx");
+        if limit.is_some() {
+            n += 1;
+            sql.push_str(&format!(" LIMIT ${n}"));
+        }
+        let mut query = sqlx::query(&sql).bind(appliance_id);
+        if let Some(k) = kind {
+            query = query.bind(k);
+        }
+        if let Some(l) = limit {
+            query = query.bind(i64::try_from(l).unwrap_or(i64::MAX));
+        }
+        let rows = query
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("list records"))?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredRecord {
+                rid: r.get(0),
+                seq: r.get(1),
+                kind: r.get(2),
+                collected_at: r.get(3),
+            })
+            .collect())
     }
 
     /// Counts stored records of a kind for an appliance.
@@ -896,7 +1076,7 @@ fn command_from_row(r: &AnyRow) -> CommandRow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outpost_proto::HostMetrics;
+    use outpost_proto::{AgentMetrics, HostMetrics};
 
     /// A fresh store per backend: always SQLite in a temp dir, plus a throwaway PostgreSQL
     /// database when `OUTPOST_TEST_POSTGRES` names a server (a skip is printed otherwise).
@@ -986,10 +1166,49 @@ mod tests {
         }
     }
 
-    fn metrics(n: i64) -> Record {
-        Record::Metrics {
-            collected_at_ms: n,
-            metrics: HostMetrics::default(),
+    /// A metrics record with record id `rid`, collected at `rid`.
+    fn metrics(rid: u64) -> Envelope {
+        Envelope {
+            rid,
+            record: Record::Metrics {
+                collected_at_ms: i64::try_from(rid).unwrap(),
+                metrics: HostMetrics::default(),
+            },
+        }
+    }
+
+    fn agent(rid: u64, dropped: u64, corrupt: u64) -> Envelope {
+        Envelope {
+            rid,
+            record: Record::Agent {
+                collected_at_ms: 7,
+                agent: AgentMetrics {
+                    current_gateway: "127.0.0.3:5723".into(),
+                    reconnects: 4,
+                    spool_depth: 10,
+                    spool_bytes: 2048,
+                    dropped_records: dropped,
+                    spool_corrupt_records: corrupt,
+                    send_latency_ms: Some(9),
+                },
+            },
+        }
+    }
+
+    async fn approved(store: &Store) -> String {
+        let (_, id) = pending(store, 1).await;
+        store
+            .approve(&id, &cert(&new_id("serial")), now_ms())
+            .await
+            .unwrap();
+        id
+    }
+
+    fn stored(seq: u64, last_rid: u64, skipped: u64) -> IngestOutcome {
+        IngestOutcome::Stored {
+            seq,
+            last_rid,
+            skipped,
         }
     }
 
@@ -1040,18 +1259,188 @@ mod tests {
             .ingest(&id, 1, &[metrics(1), metrics(2)], now_ms())
             .await
             .unwrap();
-        assert_eq!(out, IngestOutcome::Stored(1));
+        assert_eq!(out, stored(1, 2, 0));
         let out = store
             .ingest(&id, 1, &[metrics(1), metrics(2)], now_ms())
             .await
             .unwrap();
-        assert_eq!(out, IngestOutcome::Duplicate(1));
+        assert_eq!(
+            out,
+            IngestOutcome::Duplicate {
+                last_seq: 1,
+                last_rid: 2
+            }
+        );
         let out = store.ingest(&id, 5, &[metrics(3)], now_ms()).await.unwrap();
         assert_eq!(out, IngestOutcome::Gap { expected: 2 });
         let d = store.appliance(&id).await.unwrap();
-        assert_eq!((d.last_seq, d.batches, d.records), (1, 1, 2));
+        assert_eq!((d.last_seq, d.batches, d.records, d.last_rid), (1, 1, 2, 2));
         assert_eq!(store.count_records(&id, "metrics").await.unwrap(), 2);
         assert_eq!(d.metrics_at, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_record_id_stored_before_is_skipped_and_the_rest_stored() {
+        let b = backends().await;
+        for (name, store) in &b.stores {
+            eprintln!("backend {name}");
+            a_record_id_stored_before_is_skipped_and_the_rest_stored_on(store).await;
+        }
+        b.cleanup().await;
+    }
+
+    async fn a_record_id_stored_before_is_skipped_and_the_rest_stored_on(store: &Store) {
+        let id = approved(store).await;
+        let other = approved(store).await;
+        assert_eq!(
+            store
+                .ingest(&id, 1, &[metrics(1), metrics(2)], now_ms())
+                .await
+                .unwrap(),
+            stored(1, 2, 0)
+        );
+        // Batch 2 carries record 2 again (under a new sequence) and record 3: record 2 is
+        // skipped, the first copy stays, record 3 and the sequence are stored.
+        let mut again = metrics(2);
+        if let Record::Metrics {
+            collected_at_ms, ..
+        } = &mut again.record
+        {
+            *collected_at_ms = 999;
+        }
+        assert_eq!(
+            store
+                .ingest(&id, 2, &[again.clone(), metrics(3)], now_ms())
+                .await
+                .unwrap(),
+            stored(2, 3, 1)
+        );
+        // A batch of nothing but known ids still advances the sequence.
+        assert_eq!(
+            store
+                .ingest(&id, 3, &[metrics(1), again], now_ms())
+                .await
+                .unwrap(),
+            stored(3, 3, 2)
+        );
+        let d = store.appliance(&id).await.unwrap();
+        assert_eq!((d.last_seq, d.batches, d.records), (3, 3, 3));
+        let list = store.list_records(&id, None, None).await.unwrap();
+        assert_eq!(
+            list.iter()
+                .map(|r| (r.rid, r.seq, r.collected_at))
+                .collect::<Vec<_>>(),
+            vec![(Some(1), 1, 1), (Some(2), 1, 2), (Some(3), 2, 3)],
+            "the first copy of record 2 wins"
+        );
+        // Record ids are per appliance: another may use the same ones.
+        assert_eq!(
+            store
+                .ingest(&other, 1, &[metrics(1), metrics(2)], now_ms())
+                .await
+                .unwrap(),
+            stored(1, 2, 0)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_same_batch_stored_at_once_twice_is_stored_once() {
+        let b = backends().await;
+        for (name, store) in &b.stores {
+            eprintln!("backend {name}");
+            the_same_batch_stored_at_once_twice_is_stored_once_on(store).await;
+        }
+        b.cleanup().await;
+    }
+
+    /// Two gateways of a pool receiving the same batch at the same moment: one stores
+    /// it, the other answers "duplicate" (never a store failure).
+    async fn the_same_batch_stored_at_once_twice_is_stored_once_on(store: &Store) {
+        let id = approved(store).await;
+        for seq in 1..=15u64 {
+            let batch: Vec<Envelope> = (0..10).map(|i| metrics(seq * 100 + i)).collect();
+            let (a, b) = tokio::join!(
+                store.ingest(&id, seq, &batch, now_ms()),
+                store.ingest(&id, seq, &batch, now_ms())
+            );
+            let outcomes = [a.unwrap(), b.unwrap()];
+            let stored = outcomes
+                .iter()
+                .filter(|o| matches!(o, IngestOutcome::Stored { .. }))
+                .count();
+            assert_eq!(stored, 1, "seq {seq}: {outcomes:?}");
+            assert!(
+                outcomes.iter().any(|o| *o
+                    == IngestOutcome::Duplicate {
+                        last_seq: seq,
+                        last_rid: seq * 100 + 9
+                    }),
+                "seq {seq}: {outcomes:?}"
+            );
+        }
+        let d = store.appliance(&id).await.unwrap();
+        assert_eq!((d.last_seq, d.batches, d.records), (15, 15, 150));
+    }
+
+    #[tokio::test]
+    async fn self_metrics_update_the_appliance_and_records_list_in_rid_order() {
+        let b = backends().await;
+        for (name, store) in &b.stores {
+            eprintln!("backend {name}");
+            self_metrics_update_the_appliance_and_records_list_in_rid_order_on(store).await;
+        }
+        b.cleanup().await;
+    }
+
+    async fn self_metrics_update_the_appliance_and_records_list_in_rid_order_on(store: &Store) {
+        let id = approved(store).await;
+        let d = store.appliance(&id).await.unwrap();
+        assert_eq!((d.dropped_records, d.spool_corrupt_records), (0, 0));
+        assert_eq!(d.agent_json, None);
+        store
+            .ingest(&id, 1, &[metrics(1), agent(2, 5, 1)], now_ms())
+            .await
+            .unwrap();
+        store
+            .ingest(&id, 2, &[metrics(3), agent(4, 6, 2), metrics(5)], now_ms())
+            .await
+            .unwrap();
+        let d = store.appliance(&id).await.unwrap();
+        assert_eq!((d.dropped_records, d.spool_corrupt_records), (6, 2));
+        assert_eq!(d.agent_at, Some(7));
+        let a: AgentMetrics = serde_json::from_str(d.agent_json.as_deref().unwrap()).unwrap();
+        assert_eq!(a.current_gateway, "127.0.0.3:5723");
+        assert_eq!(a.send_latency_ms, Some(9));
+        assert_eq!(store.count_records(&id, "agent").await.unwrap(), 2);
+
+        let all = store.list_records(&id, None, None).await.unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.rid).collect::<Vec<_>>(),
+            (1..=5).map(Some).collect::<Vec<_>>()
+        );
+        assert_eq!(all[1].kind, "agent");
+        assert_eq!(all[3].seq, 2);
+        let agents = store.list_records(&id, Some("agent"), None).await.unwrap();
+        assert_eq!(
+            agents.iter().map(|r| r.rid).collect::<Vec<_>>(),
+            [Some(2), Some(4)]
+        );
+        let first = store
+            .list_records(&id, Some("metrics"), Some(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            first.iter().map(|r| r.rid).collect::<Vec<_>>(),
+            [Some(1), Some(3)]
+        );
+        assert_eq!(
+            store.list_records(&id, None, Some(0)).await.unwrap(),
+            vec![]
+        );
+        assert!(matches!(
+            store.list_records("ap-nope", None, None).await,
+            Err(StoreError::NotFound { .. })
+        ));
     }
 
     #[tokio::test]

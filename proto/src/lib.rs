@@ -15,6 +15,9 @@
 //!   (`Content-Encoding: zstd`). Batches are numbered per appliance; the gateway stores a
 //!   batch and its sequence in one transaction and answers with the highest stored
 //!   sequence ([`IngestAck`]). A resent batch is acknowledged again and stored once.
+//!   Every record travels in an [`Envelope`] carrying its record id (`rid`): numbered on
+//!   the box when the record is spooled, increasing per appliance, stored once per
+//!   appliance whatever batch carries it.
 //! * Commands (`GET /v1/commands?wait=30s`) are a long-poll: commands from the centre ride
 //!   the appliance's own outbound connection. Results go to
 //!   `POST /v1/commands/{id}/result`.
@@ -24,12 +27,14 @@
 //!
 //! Records are JSON; there is no schema negotiation beyond [`PROTOCOL_VERSION`].
 
+pub mod agent;
 pub mod duration;
 pub mod host;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use agent::AgentMetrics;
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use host::{HostInventory, HostMetrics};
 
@@ -170,6 +175,13 @@ pub enum Record {
         /// The sample.
         metrics: HostMetrics,
     },
+    /// The collector's own health, sent with the data every interval.
+    Agent {
+        /// Collection time, unix milliseconds.
+        collected_at_ms: i64,
+        /// The self-metrics.
+        agent: AgentMetrics,
+    },
 }
 
 impl Record {
@@ -179,6 +191,7 @@ impl Record {
         match self {
             Self::Inventory { .. } => "inventory",
             Self::Metrics { .. } => "metrics",
+            Self::Agent { .. } => "agent",
         }
     }
 
@@ -191,9 +204,27 @@ impl Record {
             }
             | Self::Metrics {
                 collected_at_ms, ..
+            }
+            | Self::Agent {
+                collected_at_ms, ..
             } => *collected_at_ms,
         }
     }
+}
+
+/// A record as it travels: its record id and the record itself, flattened into one JSON
+/// object (`{"rid": 7, "kind": "metrics", …}`).
+///
+/// The record id is given on the box when the record is written to the spool: it starts
+/// at 1 and increases by one per record and appliance, across restarts. The gateway keeps
+/// `(appliance, rid)` unique, so a record is stored once whichever batch carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Record id, per appliance, from 1.
+    pub rid: u64,
+    /// The record.
+    #[serde(flatten)]
+    pub record: Record,
 }
 
 /// Body of `POST /v1/ingest` (before zstd compression).
@@ -202,8 +233,8 @@ impl Record {
 pub struct IngestBatch {
     /// Per-appliance batch number, starting at 1, increasing by one.
     pub seq: u64,
-    /// Records, oldest first. At most [`MAX_RECORDS_PER_BATCH`].
-    pub records: Vec<Record>,
+    /// Records in increasing `rid` order, oldest first. At most [`MAX_RECORDS_PER_BATCH`].
+    pub records: Vec<Envelope>,
 }
 
 /// Most records one batch may carry.
@@ -216,6 +247,11 @@ pub struct IngestAck {
     pub acked_seq: u64,
     /// True when the batch had been stored before and was not stored again.
     pub duplicate: bool,
+    /// Highest record id stored for this appliance (0 when none). A duplicate answer
+    /// whose `last_rid` is below the batch's last record id means the gateway holds that
+    /// sequence from another batch: the collector renumbers its batch after `acked_seq`.
+    #[serde(default)]
+    pub last_rid: u64,
 }
 
 /// A command from the centre, delivered through the long-poll.
@@ -310,6 +346,81 @@ mod tests {
         assert_eq!(r.collected_at_ms(), 5);
         let back: Record = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn envelope_flattens_rid_next_to_kind() {
+        let e = Envelope {
+            rid: 42,
+            record: Record::Agent {
+                collected_at_ms: 9,
+                agent: AgentMetrics {
+                    current_gateway: "gw:5723".into(),
+                    reconnects: 2,
+                    spool_depth: 3,
+                    spool_bytes: 4096,
+                    dropped_records: 5,
+                    spool_corrupt_records: 1,
+                    send_latency_ms: Some(12),
+                },
+            },
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["rid"], 42);
+        assert_eq!(v["kind"], "agent");
+        assert_eq!(v["agent"]["spool_corrupt_records"], 1);
+        assert_eq!(e.record.kind(), "agent");
+        assert_eq!(e.record.collected_at_ms(), 9);
+        let back: Envelope = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+        // Inside a batch, with the other kinds.
+        let batch = IngestBatch {
+            seq: 3,
+            records: vec![
+                Envelope {
+                    rid: 1,
+                    record: Record::Metrics {
+                        collected_at_ms: 1,
+                        metrics: HostMetrics {
+                            load_avg: [0.5, 0.25, 0.125],
+                            ..HostMetrics::default()
+                        },
+                    },
+                },
+                Envelope {
+                    rid: 2,
+                    record: Record::Inventory {
+                        collected_at_ms: 1,
+                        hash: "h".into(),
+                        inventory: HostInventory::default(),
+                    },
+                },
+                e,
+            ],
+        };
+        let text = serde_json::to_string(&batch).unwrap();
+        assert!(
+            text.starts_with(r#"{"seq":3,"records":[{"rid":1,"kind":"metrics""#),
+            "{text}"
+        );
+        let back: IngestBatch = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, batch);
+    }
+
+    #[test]
+    fn envelope_without_rid_or_kind_is_refused() {
+        let e = serde_json::from_str::<Envelope>(
+            r#"{"kind":"metrics","collected_at_ms":1,"metrics":{}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("rid"), "{e}");
+        let e = serde_json::from_str::<Envelope>(r#"{"rid":1,"collected_at_ms":1}"#).unwrap_err();
+        assert!(e.to_string().contains("kind"), "{e}");
+        let e = serde_json::from_str::<Envelope>(
+            r#"{"rid":-1,"kind":"agent","collected_at_ms":1,"agent":{}}"#,
+        )
+        .unwrap_err();
+        assert!(!e.to_string().is_empty());
     }
 
     #[test]

@@ -508,10 +508,11 @@ impl ApplianceClient {
 }
 
 /// Test batches: one [`outpost_proto::Record::Metrics`] and, when `with_inventory`, an
-/// inventory record first.
+/// inventory record first. Record ids are `seq * 10 + 1` and `seq * 10 + 2`: the same for a
+/// resent seq, distinct across seqs, increasing.
 #[must_use]
 pub fn sample_batch(seq: u64, with_inventory: bool, hostname: &str) -> IngestBatch {
-    use outpost_proto::{HostInventory, HostMetrics, Record};
+    use outpost_proto::{Envelope, HostInventory, HostMetrics, Record};
     let now = crate::now_ms();
     let mut records = Vec::new();
     if with_inventory {
@@ -540,5 +541,13 @@ pub fn sample_batch(seq: u64, with_inventory: bool, hostname: &str) -> IngestBat
             ..HostMetrics::default()
         },
     });
+    let records = records
+        .into_iter()
+        .zip(1..)
+        .map(|(record, i)| Envelope {
+            rid: seq * 10 + i,
+            record,
+        })
+        .collect();
     IngestBatch { seq, records }
 }

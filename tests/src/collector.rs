@@ -63,6 +63,9 @@ pub struct Collector {
     bin: PathBuf,
     dir: PathBuf,
     settings: CollectorSettings,
+    /// Further keys written after the settings (e.g. `spool_max_bytes`, `failback_probe`);
+    /// a key here overrides the same key of the settings.
+    extra: toml::Table,
     proc: Option<Proc>,
 }
 
@@ -92,6 +95,7 @@ impl Collector {
             bin,
             dir: dir.to_path_buf(),
             settings,
+            extra: toml::Table::new(),
             proc: None,
         };
         c.write_config()?;
@@ -128,10 +132,41 @@ impl Collector {
         self.write_config()
     }
 
+    /// Sets `key = value` in `collector.toml` besides the settings (overriding a setting of
+    /// the same name) and rewrites the file; restart to apply.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn set_config(&mut self, key: &str, value: impl Into<toml::Value>) -> anyhow::Result<()> {
+        self.extra.insert(key.to_string(), value.into());
+        self.write_config()
+    }
+
     fn write_config(&self) -> anyhow::Result<()> {
         let p = self.config_path();
-        std::fs::write(&p, self.settings.to_toml())
+        let mut table: toml::Table = self
+            .settings
+            .to_toml()
+            .parse()
+            .context("the settings do not make TOML")?;
+        for (k, v) in &self.extra {
+            table.insert(k.clone(), v.clone());
+        }
+        std::fs::write(&p, toml::to_string(&table)?)
             .with_context(|| format!("failed to write {}", p.display()))
+    }
+
+    /// `outpost-collector status --config DIR/collector.toml --json` (reads the state
+    /// directory only; run it while the collector is stopped for a settled answer).
+    ///
+    /// # Errors
+    /// When it fails or prints something else than JSON.
+    pub fn status_json(&self) -> anyhow::Result<serde_json::Value> {
+        let config = self.config_path();
+        let config = config.to_string_lossy();
+        let out = collector_cli(&["status", "--config", &config, "--json"])?
+            .ok("outpost-collector status --json")?;
+        serde_json::from_str(&out).with_context(|| format!("status --json: {out}"))
     }
 
     /// `DIR/collector.toml`.

@@ -77,6 +77,8 @@ pub struct Gateway {
     dir: PathBuf,
     server: Option<Proc>,
     addr: Option<SocketAddr>,
+    /// The address of the last `serve` run, kept across a stop for [`Gateway::restart`].
+    last_addr: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -92,11 +94,27 @@ impl Gateway {
             cmd.arg("--san").arg(s);
         }
         CliOutput::from(run_bounded(cmd, CLI_TIMEOUT)?).ok("outpost-gateway init")?;
+        Self::open(dir)
+    }
+
+    /// A gateway directory that already holds `gateway.toml` and its files (made by
+    /// [`Gateway::init`], or copied from one to run a second member of a pool). Does not
+    /// start it.
+    ///
+    /// # Errors
+    /// When the binary is missing or the directory has no `gateway.toml`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let bin = crate::bins::gateway()?;
+        let config = dir.join("gateway.toml");
+        if !config.is_file() {
+            bail!("{} does not exist", config.display());
+        }
         Ok(Self {
             bin,
             dir: dir.to_path_buf(),
             server: None,
             addr: None,
+            last_addr: None,
         })
     }
 
@@ -182,6 +200,28 @@ impl Gateway {
     /// # Errors
     /// When it is already running, exits early or does not write its address in time.
     pub fn start(&mut self) -> anyhow::Result<SocketAddr> {
+        self.start_on("127.0.0.1:0".parse()?)
+    }
+
+    /// Starts `serve` again on the address of the previous run (after [`Gateway::stop`] or
+    /// [`Gateway::kill9`]), so a collector configured with it finds it again.
+    ///
+    /// # Errors
+    /// When it never ran, or as [`Gateway::start_on`].
+    pub fn restart(&mut self) -> anyhow::Result<SocketAddr> {
+        let addr = self
+            .last_addr
+            .ok_or_else(|| anyhow!("gateway in {} never ran", self.dir.display()))?;
+        self.start_on(addr)
+    }
+
+    /// Starts `serve --listen LISTEN --addr-file DIR/addr` (e.g. `127.0.0.2:5723`, or port 0)
+    /// and waits for the bound address.
+    ///
+    /// # Errors
+    /// When it is already running, exits early (e.g. the address is taken) or does not
+    /// write its address in time.
+    pub fn start_on(&mut self, listen: SocketAddr) -> anyhow::Result<SocketAddr> {
         if self.server.is_some() {
             bail!("gateway in {} is already running", self.dir.display());
         }
@@ -192,7 +232,7 @@ impl Gateway {
             .arg("--config")
             .arg(self.config_path())
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen.to_string())
             .arg("--addr-file")
             .arg(&addr_file);
         let mut proc = Proc::spawn("outpost-gateway serve", cmd, &self.log_path())?;
@@ -227,7 +267,22 @@ impl Gateway {
         };
         self.server = Some(proc);
         self.addr = Some(addr);
+        self.last_addr = Some(addr);
         Ok(addr)
+    }
+
+    /// SIGKILL and reap, as a crash or power cut would; [`Gateway::restart`] brings it back
+    /// on the same address.
+    ///
+    /// # Errors
+    /// When it is not running or cannot be reaped.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        let mut proc = self
+            .server
+            .take()
+            .ok_or_else(|| anyhow!("gateway is not running"))?;
+        self.addr = None;
+        proc.kill()
     }
 
     /// Stops the server with SIGTERM (bounded; SIGKILL after) and returns its exit status.

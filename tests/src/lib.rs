@@ -19,25 +19,33 @@
 //! * [`client`]: TLS configurations and the appliance-side HTTP client.
 //! * [`wait`]: bounded polling; every wait names what it waited for when it times out.
 //! * [`fixtures`]: steps many tests share (an approved appliance, waiting on `appliances show`).
+//! * [`pg`] and [`pool`]: a throwaway PostgreSQL database per test (from
+//!   `OUTPOST_TEST_POSTGRES`, a printed `SKIP:` without it) and two gateways sharing it.
+//! * [`faults`]: seeded fault timing, the stored records of an appliance and the
+//!   exactly-once check; [`spool`]: a reader of the collector's on-disk spool.
 //!
 //! # Current limitations
 //!
-//! Unix only (signals). The gateway runs on its SQLite store; a PostgreSQL pool is not
-//! started here.
+//! Unix only (signals). PostgreSQL is not started here: the pool tests need a server.
 
 pub mod bins;
 pub mod client;
 pub mod collector;
+pub mod faults;
 pub mod fixtures;
 pub mod gateway;
+pub mod pg;
 pub mod pki;
+pub mod pool;
 pub mod proc;
+pub mod spool;
 pub mod wait;
 pub mod workdir;
 
 pub use client::{tls_config, ApplianceClient, HttpReply};
 pub use collector::Collector;
 pub use gateway::{CliOutput, Gateway};
+pub use pg::TestDatabase;
 pub use wait::{wait_for, wait_until};
 pub use workdir::Workdir;
 

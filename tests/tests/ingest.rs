@@ -263,3 +263,137 @@ async fn a_new_inventory_record_replaces_inventory_and_moves_inventory_at() -> a
     );
     Ok(())
 }
+
+/// `appliances records --json` as `(rid, seq, kind)`.
+fn records(gw: &Gateway, id: &str, extra: &[&str]) -> anyhow::Result<Vec<(u64, u64, String)>> {
+    let mut args = vec!["appliances", "records", id, "--json"];
+    args.extend_from_slice(extra);
+    let out = gw.cli_ok(&args)?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["rid"].as_u64().unwrap_or(0),
+                        r["seq"].as_u64().unwrap_or(0),
+                        r["kind"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_listed_by_record_id_and_a_known_id_is_stored_once() -> anyhow::Result<()> {
+    let wd = Workdir::new("ingest-rids")?;
+    let gw = Gateway::start_new(&wd.subdir("gw")?)?;
+    let app = approved_appliance(&gw, "acme-corp").await?;
+    let id = id_of(&app);
+
+    send_ok(&app, &sample_batch(1, true, app.hostname())).await?; // rids 11, 12
+    send_ok(&app, &sample_batch(2, false, app.hostname())).await?; // rid 21
+    assert_eq!(
+        records(&gw, &id, &[])?,
+        vec![
+            (11, 1, "inventory".to_string()),
+            (12, 1, "metrics".to_string()),
+            (21, 2, "metrics".to_string()),
+        ]
+    );
+    assert_eq!(
+        records(&gw, &id, &["--kind", "metrics", "--limit", "1"])?,
+        vec![(12, 1, "metrics".to_string())]
+    );
+
+    // Batch 3 carries record 21 again (a resend under a new sequence) and record 31: the
+    // known id is skipped, the rest stored, and the ack names the highest record id.
+    let mut third = sample_batch(3, false, app.hostname());
+    let mut again = sample_batch(2, false, app.hostname()).records;
+    again.extend(third.records.drain(..).map(|mut e| {
+        e.rid = 31;
+        e
+    }));
+    third.records = again;
+    let ack = app.ingest(&third).await?.ack()?;
+    assert_eq!((ack.acked_seq, ack.duplicate, ack.last_rid), (3, false, 31));
+    let rids: Vec<u64> = records(&gw, &id, &[])?.iter().map(|r| r.0).collect();
+    assert_eq!(rids, [11, 12, 21, 31], "record 21 stored twice or 31 lost");
+    assert_eq!(stored(&gw, &id)?, (3, 4, 3));
+
+    // Record ids that do not increase are refused and store nothing.
+    let mut bad = sample_batch(4, true, app.hostname());
+    bad.records[1].rid = 40; // after 41
+    let r = app.ingest(&bad).await?;
+    assert_eq!(r.status, 400, "{}", r.describe());
+    assert_eq!(
+        r.error_code().as_deref(),
+        Some("bad_rid"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(stored(&gw, &id)?, (3, 4, 3));
+
+    let unknown = gw.cli(&["appliances", "records", "ap-does-not-exist", "--json"])?;
+    assert_eq!(unknown.code(), Some(4), "{}", unknown.stderr);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_reports_the_collectors_self_metrics() -> anyhow::Result<()> {
+    use outpost_proto::{AgentMetrics, Envelope, Record};
+    let wd = Workdir::new("ingest-agent")?;
+    let gw = Gateway::start_new(&wd.subdir("gw")?)?;
+    let app = approved_appliance(&gw, "acme-corp").await?;
+    let id = id_of(&app);
+
+    let before = gw.show_json(&id)?;
+    assert_eq!(count(&before, "dropped_records"), 0, "{before}");
+    assert_eq!(count(&before, "spool_corrupt_records"), 0, "{before}");
+    assert!(before["current_gateway"].is_null(), "{before}");
+
+    let mut batch = sample_batch(1, false, app.hostname());
+    batch.records.push(Envelope {
+        rid: 19,
+        record: Record::Agent {
+            collected_at_ms: outpost_tests::now_ms(),
+            agent: AgentMetrics {
+                current_gateway: "127.0.0.2:5723".into(),
+                reconnects: 3,
+                spool_depth: 4,
+                spool_bytes: 8192,
+                dropped_records: 17,
+                spool_corrupt_records: 2,
+                send_latency_ms: Some(12),
+            },
+        },
+    });
+    send_ok(&app, &batch).await?;
+    let v = gw.show_json(&id)?;
+    assert_eq!(v["current_gateway"], "127.0.0.2:5723", "{v}");
+    for (key, want) in [
+        ("reconnects", 3),
+        ("spool_depth", 4),
+        ("spool_bytes", 8192),
+        ("send_latency_ms", 12),
+        ("dropped_records", 17),
+        ("spool_corrupt_records", 2),
+        ("last_rid", 19),
+    ] {
+        assert_eq!(count(&v, key), want, "{key}: {v}");
+    }
+    let text = gw.cli_ok(&["appliances", "show", &id])?;
+    for key in [
+        "dropped_records",
+        "spool_corrupt_records",
+        "current_gateway",
+        "send_latency_ms",
+    ] {
+        assert!(
+            text.contains(key),
+            "{key} missing from the text form:\n{text}"
+        );
+    }
+    Ok(())
+}

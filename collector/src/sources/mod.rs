@@ -4,5 +4,6 @@
 //! * [`host`]: OS, kernel, CPUs, memory, disks, file systems, NICs, uptime, load, processes.
 
 pub mod host;
+pub mod vm;
 
 pub use host::HostSource;

@@ -2,7 +2,7 @@
 
 use outpost_gateway::api::approve_with;
 use outpost_gateway::ca::Ca;
-use outpost_gateway::store::{now_ms, ApplianceDetail};
+use outpost_gateway::store::{now_ms, ApplianceDetail, StoredRecord};
 use outpost_proto::ApplianceState;
 use serde_json::{json, Value};
 
@@ -28,6 +28,23 @@ pub enum AppliancesCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// List the records stored for an appliance in record id order: rid, seq, kind,
+    /// collection time.
+    Records {
+        /// Appliance id (ap-…).
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only records of this kind.
+        #[arg(long, value_name = "KIND", value_parser = ["inventory", "metrics", "agent"])]
+        kind: Option<String>,
+        /// At most this many (the lowest record ids).
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
     },
     /// Approve a pending appliance: the CA signs its certificate.
     Approve {
@@ -97,6 +114,37 @@ pub fn run(c: AppliancesCmd) -> Result<(), CliError> {
                 }
                 Ok(())
             }
+            AppliancesCmd::Records {
+                id,
+                config,
+                json,
+                kind,
+                limit,
+            } => {
+                let (_, store) = open(&config.config).await?;
+                let rows = store.list_records(&id, kind.as_deref(), limit).await;
+                store.close().await;
+                let rows = rows?;
+                if json {
+                    let arr: Vec<Value> = rows.iter().map(record_json).collect();
+                    println!("{}", serde_json::to_string_pretty(&arr).unwrap_or_default());
+                } else {
+                    println!("{:>12} {:>10} {:<10} COLLECTED AT", "RID", "SEQ", "KIND");
+                    for r in &rows {
+                        let rid = r.rid.map_or_else(|| "-".to_string(), |x| x.to_string());
+                        println!(
+                            "{rid:>12} {:>10} {:<10} {}",
+                            r.seq,
+                            r.kind,
+                            rfc3339(r.collected_at)
+                        );
+                    }
+                    if rows.is_empty() {
+                        println!("(no records stored)");
+                    }
+                }
+                Ok(())
+            }
             AppliancesCmd::Approve { id, config } => {
                 let (cfg, store) = open(&config.config).await?;
                 let d = store.appliance(&id).await?;
@@ -133,8 +181,19 @@ fn parse_or_null(s: Option<&String>) -> Value {
         .unwrap_or(Value::Null)
 }
 
+fn record_json(r: &StoredRecord) -> Value {
+    json!({
+        "rid": r.rid,
+        "seq": r.seq,
+        "kind": r.kind,
+        "collected_at": rfc3339(r.collected_at),
+        "collected_at_ms": r.collected_at,
+    })
+}
+
 fn detail_json(d: &ApplianceDetail) -> Value {
     let s = &d.summary;
+    let agent = parse_or_null(d.agent_json.as_ref());
     json!({
         "id": s.id,
         "state": s.state,
@@ -153,6 +212,15 @@ fn detail_json(d: &ApplianceDetail) -> Value {
         "inventory_at": rfc3339_json(d.inventory_at),
         "latest_metrics": parse_or_null(d.metrics_json.as_ref()),
         "latest_metrics_at": rfc3339_json(d.metrics_at),
+        "last_rid": d.last_rid,
+        "dropped_records": d.dropped_records,
+        "spool_corrupt_records": d.spool_corrupt_records,
+        "current_gateway": agent["current_gateway"].clone(),
+        "reconnects": agent["reconnects"].clone(),
+        "spool_depth": agent["spool_depth"].clone(),
+        "spool_bytes": agent["spool_bytes"].clone(),
+        "send_latency_ms": agent["send_latency_ms"].clone(),
+        "agent_at": rfc3339_json(d.agent_at),
     })
 }
 
@@ -176,8 +244,26 @@ fn print_detail(v: &Value) {
         "last_seq",
         "batches",
         "records",
+        "last_rid",
     ] {
         println!("{k:<15} {}", s(k));
+    }
+    // The collector's self-metrics, under the same names as in --json.
+    if v["agent_at"].is_null() {
+        println!("self-metrics    (none received yet)");
+    } else {
+        println!("self-metrics    (reported {})", s("agent_at"));
+    }
+    for k in [
+        "current_gateway",
+        "reconnects",
+        "spool_depth",
+        "spool_bytes",
+        "send_latency_ms",
+        "dropped_records",
+        "spool_corrupt_records",
+    ] {
+        println!("  {k:<21} {}", s(k));
     }
     let inv = &v["inventory"];
     if inv.is_null() {

@@ -172,6 +172,15 @@ fn batch(seq: u64, inv: &HostInventory, met: &HostMetrics, with_inventory: bool)
         collected_at_ms: now,
         metrics: met.clone(),
     });
+    // Record ids as a collector gives them: increasing, two per batch.
+    let records = records
+        .into_iter()
+        .zip(1..)
+        .map(|(record, i)| outpost_proto::Envelope {
+            rid: seq * 2 + i,
+            record,
+        })
+        .collect();
     IngestBatch { seq, records }
 }
 
