@@ -14,6 +14,10 @@ use rustls::{ClientConfig, RootCertStore};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for an ordinary request, answer included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed for one ingest request (connect, TLS, upload, answer). Shorter than
+/// [`REQUEST_TIMEOUT`] so a gateway that hangs (accepts but never answers) is failed over
+/// from quickly; a batch that timed out is resent with the same sequence and deduplicated.
+pub const INGEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// How much longer than its wait a long-poll request may take.
 pub const LONG_POLL_GRACE: Duration = Duration::from_secs(30);
 

@@ -159,6 +159,7 @@ impl IngestTransport for HttpsIngest {
             .post(url(gateway, paths::INGEST))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::CONTENT_ENCODING, "zstd")
+            .timeout(crate::tls::INGEST_TIMEOUT)
             .body(body)
             .send()
             .await;
