@@ -599,6 +599,10 @@ fn spool_cap_drops_oldest_metrics_first_counts_them_exactly_and_loses_nothing_el
 
     // Watch the spool overflow: remember which log every record was seen in.
     let mut seen_in: BTreeMap<u64, &'static str> = BTreeMap::new();
+    // Every in-flight batch seen while the spool overflowed: the segment holding the
+    // in-flight batch at the moment of an eviction is kept, whatever batch is in flight
+    // when the collector stops.
+    let mut in_flight_seen: Vec<std::ops::RangeInclusive<u64>> = Vec::new();
     wait_for(
         "the spool to overflow and drop 20 records",
         Duration::from_secs(60),
@@ -609,7 +613,13 @@ fn spool_cap_drops_oldest_metrics_first_counts_them_exactly_and_loses_nothing_el
                     seen_in.insert(f.rid, log);
                 }
             }
-            let dropped = spool::ledger_count(&spool::ledger(&state_dir)?, "dropped_records");
+            let ledger = spool::ledger(&state_dir)?;
+            if let Some(r) = spool::in_flight(&ledger) {
+                if !in_flight_seen.contains(&r) {
+                    in_flight_seen.push(r);
+                }
+            }
+            let dropped = spool::ledger_count(&ledger, "dropped_records");
             Ok((dropped >= 20).then_some(()))
         },
     )
@@ -622,6 +632,11 @@ fn spool_cap_drops_oldest_metrics_first_counts_them_exactly_and_loses_nothing_el
     stop_cleanly(&mut rig.collector, "with a full spool")?;
     let on_disk = spool::unsent_frames(&state_dir)?;
     let in_flight = spool::in_flight(&spool::ledger(&state_dir)?);
+    if let Some(r) = &in_flight {
+        if !in_flight_seen.contains(r) {
+            in_flight_seen.push(r.clone());
+        }
+    }
     let inventory: Vec<u64> = on_disk
         .iter()
         .filter(|f| f.kind == "inventory")
@@ -691,7 +706,7 @@ fn spool_cap_drops_oldest_metrics_first_counts_them_exactly_and_loses_nothing_el
     let newest_dropped = dropped.iter().max().copied().unwrap_or(0);
     let pinned: BTreeSet<&std::path::Path> = on_disk
         .iter()
-        .filter(|f| spool::is_in_flight(in_flight.as_ref(), f.rid))
+        .filter(|f| in_flight_seen.iter().any(|r| r.contains(&f.rid)))
         .map(|f| f.path.as_path())
         .collect();
     let oldest_kept = on_disk
