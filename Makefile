@@ -16,8 +16,8 @@ deps:
 	@if command -v openssl >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing the openssl CLI (used by the weak-key CSR test)"; \
-		(apt-get install -y --no-install-recommends openssl || \
-		 (apt-get update && apt-get install -y --no-install-recommends openssl)) || \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl || \
+		 (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl)) || \
 		echo "warning: could not install openssl; the weak-key CSR test will print SKIP"; \
 	else \
 		echo "note: openssl not found and cannot be installed here; the weak-key CSR test will print SKIP"; \
@@ -25,8 +25,8 @@ deps:
 	@if command -v qemu-system-x86_64 >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing qemu-system-x86 (used by the real-QEMU VM discovery tests)"; \
-		(apt-get install -y --no-install-recommends qemu-system-x86 || \
-		 (apt-get update && apt-get install -y --no-install-recommends qemu-system-x86)) || \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends qemu-system-x86 || \
+		 (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends qemu-system-x86)) || \
 		echo "warning: could not install qemu-system-x86; the real-QEMU tests will print SKIP"; \
 	else \
 		echo "note: qemu-system-x86_64 not found and cannot be installed here; the real-QEMU tests will print SKIP"; \

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # make bench: build release binaries and run every benchmark, writing bench/REPORT.md.
-# Sized for a 2-core machine and a few minutes. Override sizes through OUTPOST_BENCH_ARGS,
-# e.g. OUTPOST_BENCH_ARGS="--appliances 500 --batches 40".
+# Sized for a 2-core machine and a few minutes (ingest ~1 min, spool ~30 s with a 1 GiB
+# replay, end to end ~1 min). Override sizes through OUTPOST_BENCH_ARGS, e.g.
+# OUTPOST_BENCH_ARGS="--appliances 500 --batches 40 --e2e-records 100000 --only ingest,e2e".
+# PostgreSQL: $OUTPOST_TEST_POSTGRES, else postgres://postgres@127.0.0.1:5432/test; when it is
+# unreachable the report says SKIP with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
+cargo build --release -p outpost-collector --example spool_bench
 # shellcheck disable=SC2086
 target/release/outpost-bench ${OUTPOST_BENCH_ARGS:-} --out bench/REPORT.md

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::enroll::{self, EnrollError, EnrollOutcome};
 use crate::failover::GatewayRing;
 use crate::files::{self, FileError};
+use crate::health::{self, HealthEngine};
 use crate::identity::{self, IdentityError};
 use crate::shutdown::{self, Shutdown};
 use crate::spool::{BatchLimits, Spool, SpoolError};
@@ -127,12 +128,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         })
     };
 
+    // Health is judged from the first collection on, with the built-in default pack until
+    // the gateway delivers others.
+    let health = Arc::new(Mutex::new(HealthEngine::new(health::default_pack_set())));
     let (interval_tx, interval_rx) = watch::channel(config.interval);
     let wake = Arc::new(Notify::new());
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     tasks.spawn({
         let fut = collect::collect_loop(
             Arc::clone(&spool),
+            Arc::clone(&health),
             Arc::clone(&uplink_stats),
             Arc::clone(&wake),
             interval_rx.clone(),
@@ -177,7 +182,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             client,
             ring(),
             config.interval,
+            config.config_poll,
             interval_tx,
+            Arc::clone(&health),
             appliance_id,
             stop.clone(),
         );

@@ -6,18 +6,36 @@
 //! record with the collector's own health (uplink gateway, reconnects, spool depth and
 //! bytes, dropped and corrupt counts, send latency), so the centre sees how the box's
 //! uplink is doing with the data itself.
+//!
+//! The same collection discovers the KVM/QEMU guests ([`discover_vms`], a cheap check
+//! first) and judges health: host and guest samples go to the [`HealthEngine`], whose state
+//! changes and alerts are spooled as `health` and `alert` records. Guests travel as a
+//! `vm_inventory` delta when the list changed ([`VmTracker`]; the first discovery after a
+//! start is a full list) and a `vm_metrics` sample while there are any. Health is judged
+//! here, before and whatever the uplink does, so it stays right while no gateway answers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::Path;
+
+use outpost_proto::vm::{diff_vms, VmInventory};
 use outpost_proto::{content_hash, AgentMetrics, HostInventory, HostMetrics, Record};
 use tokio::sync::{watch, Notify};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
+use crate::health::engine::HealthEvent;
+use crate::health::report::plan_health_records;
+use crate::health::{HealthEngine, Samples};
 use crate::shutdown::Shutdown;
+use crate::sources::vm::{discover_vms, DiscoveredVm, LIBVIRT_RUN, PROC_ROOT};
 use crate::sources::HostSource;
 use crate::spool::SpoolStats;
 use crate::uplink::{now_ms, with_spool, SharedSpool, UplinkError, UplinkSnapshot, UplinkStats};
+
+/// The health engine, shared by the collecting task (which feeds it) and config sync
+/// (which gives it new packs).
+pub type SharedHealth = Arc<std::sync::Mutex<HealthEngine>>;
 
 /// Builds the host records of one collection. An `Inventory` record is included only when
 /// the inventory's hash differs from `known_hash`, the newest inventory the gateway has
@@ -45,6 +63,102 @@ pub fn plan_records(
     records
 }
 
+/// The guest list the gateway has or will get from the spool, to send only its changes.
+#[derive(Debug, Clone, Default)]
+pub struct VmTracker {
+    /// `None` until the first discovery has been planned.
+    known: Option<Vec<VmInventory>>,
+}
+
+impl VmTracker {
+    /// A tracker that has sent nothing yet: its first plan is a full list.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The VM records of one discovery: a `vm_inventory` record with the full list the
+    /// first time (even an empty one, so the gateway forgets guests that went away while
+    /// the collector was down), afterwards only when the list changed; a `vm_metrics`
+    /// record whenever there are guests.
+    pub fn plan_records(&mut self, vms: &[DiscoveredVm], collected_at_ms: i64) -> Vec<Record> {
+        let now: Vec<VmInventory> = vms.iter().map(|v| v.inventory.clone()).collect();
+        let mut records = Vec::with_capacity(2);
+        match &self.known {
+            None => records.push(Record::VmInventory {
+                collected_at_ms,
+                full: true,
+                delta: diff_vms(&[], &now),
+            }),
+            Some(before) => {
+                let delta = diff_vms(before, &now);
+                if !delta.is_empty() {
+                    records.push(Record::VmInventory {
+                        collected_at_ms,
+                        full: false,
+                        delta,
+                    });
+                }
+            }
+        }
+        self.known = Some(now);
+        if !vms.is_empty() {
+            records.push(Record::VmMetrics {
+                collected_at_ms,
+                vms: vms.iter().map(|v| v.metrics.clone()).collect(),
+            });
+        }
+        records
+    }
+}
+
+/// One health round over a collection: the host and its guests go in, the records of what
+/// changed come out (none when nothing did). Override conflicts are logged.
+pub fn judge_health(
+    engine: &mut HealthEngine,
+    inventory: &HostInventory,
+    metrics: &HostMetrics,
+    vms: &[DiscoveredVm],
+    collected_at_ms: i64,
+) -> Vec<Record> {
+    let mut samples = Samples::from_host(inventory, metrics);
+    samples.add_vms(vms);
+    let events = engine.observe(&samples, collected_at_ms);
+    for event in &events {
+        match event {
+            HealthEvent::OverrideConflicts { conflicts } if !conflicts.is_empty() => {
+                warn!(
+                    count = conflicts.len(),
+                    "health packs: override conflicts (ties broken deterministically): {}",
+                    serde_json::to_string(conflicts).unwrap_or_default()
+                );
+            }
+            HealthEvent::AlertRaised { alert } => info!(
+                rule = %alert.rule,
+                object = %alert.object,
+                severity = alert.severity.as_str(),
+                "alert raised: {}",
+                alert.message
+            ),
+            HealthEvent::AlertResolved { alert, reason, .. } => info!(
+                rule = %alert.rule,
+                object = %alert.object,
+                ?reason,
+                "alert resolved"
+            ),
+            _ => {}
+        }
+    }
+    plan_health_records(&events, collected_at_ms)
+}
+
+/// Host sample and guest discovery of one collection (blocking).
+fn sample_box(source: &mut HostSource) -> (HostInventory, HostMetrics, Vec<DiscoveredVm>) {
+    let (inventory, metrics) = source.collect();
+    let vms = discover_vms(Path::new(PROC_ROOT), Path::new(LIBVIRT_RUN));
+    (inventory, metrics, vms)
+}
+
 /// The self-metrics record of one collection, from the spool's and the uplink's counters.
 #[must_use]
 pub fn agent_record(spool: &SpoolStats, uplink: &UplinkSnapshot, collected_at_ms: i64) -> Record {
@@ -70,6 +184,7 @@ pub fn agent_record(spool: &SpoolStats, uplink: &UplinkSnapshot, collected_at_ms
 /// [`UplinkError::Task`] when sampling panicked.
 pub async fn collect_loop(
     spool: SharedSpool,
+    health: SharedHealth,
     uplink: Arc<UplinkStats>,
     wake_sender: Arc<Notify>,
     mut interval: watch::Receiver<Duration>,
@@ -84,6 +199,7 @@ pub async fn collect_loop(
     }
     let mut period = *interval.borrow_and_update();
     let mut ticker = new_ticker(period);
+    let mut vm_tracker = VmTracker::new();
     // Once the config task is gone the interval can no longer change.
     let mut interval_open = true;
     loop {
@@ -103,17 +219,25 @@ pub async fn collect_loop(
             }
             () = shutdown.wait() => return Ok(()),
         }
-        let (src, (inventory, metrics)) = tokio::task::spawn_blocking(move || {
-            let sample = source.collect();
+        let (src, (inventory, metrics, vms)) = tokio::task::spawn_blocking(move || {
+            let sample = sample_box(&mut source);
             (source, sample)
         })
         .await
         .map_err(|e| UplinkError::Task(e.to_string()))?;
         source = src;
         let at = now_ms();
+        let mut box_records = vm_tracker.plan_records(&vms, at);
+        {
+            let mut engine = health
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            box_records.extend(judge_health(&mut engine, &inventory, &metrics, &vms, at));
+        }
         let snapshot = uplink.snapshot();
         let appended = with_spool(&spool, move |s| {
             let mut records = plan_records(inventory, metrics, at, s.known_inventory_hash());
+            records.extend(box_records);
             records.push(agent_record(&s.stats(), &snapshot, at));
             let with_inventory = records
                 .iter()
@@ -179,6 +303,102 @@ mod tests {
             Record::Inventory { hash, .. } => assert_eq!(hash, &content_hash(&inv("b"))),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn vm(name: &str, uuid: &str, vcpus: u32) -> DiscoveredVm {
+        use outpost_proto::vm::{VmMetrics, VmOrigin, VmState};
+        DiscoveredVm {
+            inventory: VmInventory {
+                name: name.into(),
+                uuid: uuid.into(),
+                source: VmOrigin::Qemu,
+                vcpus,
+                memory_bytes: 64 << 20,
+                disks: Vec::new(),
+                nics: Vec::new(),
+            },
+            metrics: VmMetrics {
+                key: uuid.into(),
+                state: VmState::Running,
+                state_detail: "proc:S".into(),
+                pid: Some(1),
+                cpu_time_ms: 0,
+                rss_bytes: 0,
+                io_read_bytes: None,
+                io_write_bytes: None,
+                net_rx_bytes: None,
+                net_tx_bytes: None,
+                cgroup: None,
+            },
+        }
+    }
+
+    #[test]
+    fn vm_inventory_is_full_first_then_only_deltas() {
+        let mut t = VmTracker::new();
+        // First discovery: a full list, even when empty.
+        let r = t.plan_records(&[], 1);
+        assert_eq!(kinds(&r), ["vm_inventory"]);
+        assert!(matches!(&r[0], Record::VmInventory { full: true, delta, .. } if delta.is_empty()));
+        // Nothing changed: nothing travels.
+        assert!(t.plan_records(&[], 2).is_empty());
+        let a = vm("a", "u-a", 1);
+        let r = t.plan_records(std::slice::from_ref(&a), 3);
+        assert_eq!(kinds(&r), ["vm_inventory", "vm_metrics"]);
+        match &r[0] {
+            Record::VmInventory { full, delta, .. } => {
+                assert!(!full);
+                assert_eq!(delta.added, vec![a.inventory.clone()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unchanged guest: metrics only.
+        assert_eq!(
+            kinds(&t.plan_records(std::slice::from_ref(&a), 4)),
+            ["vm_metrics"]
+        );
+        // Gone: the removal, no metrics.
+        let r = t.plan_records(&[], 5);
+        assert_eq!(kinds(&r), ["vm_inventory"]);
+        assert!(matches!(&r[0], Record::VmInventory { delta, .. } if delta.removed.len() == 1));
+        // A restarted collector starts over with a full list.
+        let r = VmTracker::new().plan_records(std::slice::from_ref(&a), 6);
+        assert!(
+            matches!(&r[0], Record::VmInventory { full: true, delta, .. } if delta.added.len() == 1)
+        );
+    }
+
+    #[test]
+    fn health_is_judged_and_only_changes_travel() {
+        let mut engine = HealthEngine::new(crate::health::default_pack_set());
+        let inventory = inv("box");
+        let metrics = HostMetrics::default();
+        let vms = [vm("guest", "u-g", 1)];
+        let first = judge_health(&mut engine, &inventory, &metrics, &vms, 1);
+        assert!(
+            first
+                .iter()
+                .any(|r| matches!(r, Record::Health { changes, .. }
+                if changes.iter().any(|c| c.object == "host/box" && c.monitor == "health"))),
+            "{first:?}"
+        );
+        // The same box again: at most the monitors whose windows filled change.
+        let mut quiet = false;
+        for at in 2..10 {
+            if judge_health(&mut engine, &inventory, &metrics, &vms, at).is_empty() {
+                quiet = true;
+                break;
+            }
+        }
+        assert!(quiet, "an unchanged box settles and sends nothing");
+        // The guest goes: its object is removed.
+        let gone = judge_health(&mut engine, &inventory, &metrics, &[], 20);
+        assert!(
+            gone.iter()
+                .any(|r| matches!(r, Record::Health { removed, .. }
+                if removed.iter().any(|o| o == "vm/guest"))),
+            "{gone:?}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! spool_fsync = "batch"           # "batch" | "always" | "never"
 //! backoff_max = "30s"
 //! failback_probe = "5m"
+//! config_poll = "60s"           # how often GET /v1/config is asked
 //! ```
 
 use std::fmt;
@@ -46,6 +47,8 @@ pub const DEFAULT_SPOOL_FSYNC: &str = "batch";
 pub const DEFAULT_BACKOFF_MAX: &str = "30s";
 /// Default time on a secondary gateway before the primary is probed again.
 pub const DEFAULT_FAILBACK_PROBE: &str = "5m";
+/// Default period of `GET /v1/config` (new packs, interval).
+pub const DEFAULT_CONFIG_POLL: &str = "60s";
 
 /// A config problem. Displays as `FILE: key "KEY": PROBLEM` (or the TOML parser's own
 /// message, which names the key and the line).
@@ -130,6 +133,9 @@ pub struct RawConfig {
     /// Time on a secondary gateway before the primary is probed (and between probes).
     #[serde(default = "default_failback_probe")]
     pub failback_probe: String,
+    /// How often the config (interval, health packs) is fetched from the gateway.
+    #[serde(default = "default_config_poll")]
+    pub config_poll: String,
 }
 
 fn default_ca_cert() -> PathBuf {
@@ -155,6 +161,9 @@ fn default_backoff_max() -> String {
 }
 fn default_failback_probe() -> String {
     DEFAULT_FAILBACK_PROBE.to_string()
+}
+fn default_config_poll() -> String {
+    DEFAULT_CONFIG_POLL.to_string()
 }
 
 /// Where the bootstrap token comes from.
@@ -197,6 +206,8 @@ pub struct ValidConfig {
     pub backoff_max: Duration,
     /// Fail-back probe period.
     pub failback_probe: Duration,
+    /// Config fetch period.
+    pub config_poll: Duration,
 }
 
 impl RawConfig {
@@ -286,6 +297,14 @@ impl RawConfig {
                 ),
             ));
         }
+        let config_poll = outpost_proto::parse_duration(&self.config_poll)
+            .map_err(|e| bad("config_poll", e.to_string()))?;
+        if config_poll < Duration::from_secs(1) {
+            return Err(bad(
+                "config_poll",
+                format!("{:?} is shorter than the minimum of 1s", self.config_poll),
+            ));
+        }
         if self.ca_cert.as_os_str().is_empty() {
             return Err(bad("ca_cert", "must name a file".into()));
         }
@@ -322,6 +341,7 @@ impl RawConfig {
             },
             backoff_max,
             failback_probe,
+            config_poll,
         })
     }
 }
@@ -390,6 +410,8 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Time on a secondary gateway before the primary is probed again.
     pub failback_probe: Duration,
+    /// How often the config (interval, health packs) is fetched from the gateway.
+    pub config_poll: Duration,
 }
 
 /// Reads and validates a config file without reading anything else: the step `status`
@@ -470,6 +492,7 @@ impl Config {
             spool: valid.spool,
             backoff_max: valid.backoff_max,
             failback_probe: valid.failback_probe,
+            config_poll: valid.config_poll,
         })
     }
 
@@ -527,6 +550,7 @@ mod tests {
         assert_eq!(c.spool.fsync, FsyncPolicy::Batch);
         assert_eq!(c.backoff_max, Duration::from_secs(30));
         assert_eq!(c.failback_probe, Duration::from_secs(300));
+        assert_eq!(c.config_poll, Duration::from_secs(60));
         assert_eq!(c.ca_cert, PathBuf::from(DEFAULT_CA_CERT));
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert!(c.bootstrap.is_none());
@@ -614,6 +638,7 @@ mod tests {
             ("backoff_max = \"1ms\"", "backoff_max", "\"1ms\""),
             ("backoff_max = \"soon\"", "backoff_max", "\"soon\""),
             ("failback_probe = \"10ms\"", "failback_probe", "\"10ms\""),
+            ("config_poll = \"10ms\"", "config_poll", "\"10ms\""),
         ] {
             let m = parse(&format!("gateways = [\"gw:1\"]\n{line}\n"))
                 .unwrap_err()

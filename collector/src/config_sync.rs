@@ -1,19 +1,64 @@
 //! Config from the centre: `GET /v1/config` with `If-None-Match`, at start and every
-//! minute. A `200` carries a [`CollectorConfigDoc`]; its `interval`, when set, replaces the
-//! local one (and its absence restores the local one). A `304` changes nothing. Health packs
-//! in the document are not used yet.
+//! `config_poll` (default a minute). A `200` carries a [`CollectorConfigDoc`]; its
+//! `interval`, when set, replaces the local one (and its absence restores the local one).
+//! A `304` changes nothing.
+//!
+//! Its health packs, together with the built-in one, replace the health engine's packs
+//! without a restart ([`plan_packs`]) — only when they differ from the ones applied last,
+//! and only when all of them are valid: an invalid set is logged with every problem's
+//! file (`gateway:PACK`), line and reason, and the last good set stays in force. The
+//! engine keeps its history (states, windows, open alerts) across the switch.
 
 use std::time::{Duration, Instant};
 
-use outpost_proto::{paths, CollectorConfigDoc, DurationError};
+use outpost_health::{pack_set_with_default, parse_pack, PackErrors, PackSet};
+use outpost_proto::{paths, CollectorConfigDoc, DurationError, PackDoc};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use crate::collect::SharedHealth;
 use crate::failover::{AfterFailure, GatewayRing};
 use crate::http::{error_chain, url, ErrorReply};
 use crate::shutdown::Shutdown;
 
-/// How often the config is fetched.
+/// What to do with the packs of a document.
+#[derive(Debug)]
+pub enum PackUpdate {
+    /// The same packs as applied last: nothing to do.
+    Unchanged,
+    /// A valid new set (the delivered packs plus the built-in one).
+    Apply(PackSet),
+    /// Invalid: every problem, with file (`gateway:PACK`), line and reason. Keep the
+    /// packs in force.
+    Invalid(PackErrors),
+}
+
+/// Checks the delivered packs against the ones applied last (`applied`; empty: the
+/// built-in pack alone) and, when they differ, parses and validates them together with the
+/// built-in pack, exactly as `outpost-gateway packs import` does.
+#[must_use]
+pub fn plan_packs(delivered: &[PackDoc], applied: &[PackDoc]) -> PackUpdate {
+    if delivered == applied {
+        return PackUpdate::Unchanged;
+    }
+    let mut packs = Vec::with_capacity(delivered.len());
+    let mut errors = Vec::new();
+    for doc in delivered {
+        match parse_pack(&format!("gateway:{}", doc.name), &doc.toml) {
+            Ok(p) => packs.push(p),
+            Err(PackErrors(mut e)) => errors.append(&mut e),
+        }
+    }
+    if !errors.is_empty() {
+        return PackUpdate::Invalid(PackErrors(errors));
+    }
+    match pack_set_with_default(packs) {
+        Ok(set) => PackUpdate::Apply(set),
+        Err(e) => PackUpdate::Invalid(e),
+    }
+}
+
+/// How often the config is fetched by default.
 pub const CONFIG_SYNC_PERIOD: Duration = Duration::from_secs(60);
 
 /// The collection interval a document asks for, or `local` when it does not say.
@@ -76,17 +121,22 @@ async fn fetch(client: &reqwest::Client, gateway: &str, etag: Option<&str>) -> F
     }
 }
 
-/// The config task: fetches at start and every [`CONFIG_SYNC_PERIOD`], publishes interval
-/// changes on `interval`. `local` is the interval from `collector.toml`.
+/// The config task: fetches at start and every `poll`, publishes interval changes on
+/// `interval`, gives new valid packs to `health`. `local` is the interval from
+/// `collector.toml`.
+#[allow(clippy::too_many_arguments)] // one task, wired once in agent.rs
 pub async fn config_loop(
     client: reqwest::Client,
     mut ring: GatewayRing,
     local: Duration,
+    poll: Duration,
     interval: watch::Sender<Duration>,
+    health: SharedHealth,
     appliance_id: String,
     mut shutdown: Shutdown,
 ) {
     let mut etag: Option<String> = None;
+    let mut applied_packs: Vec<PackDoc> = Vec::new();
     loop {
         ring.maybe_fail_back(Instant::now());
         let gateway = ring.current().to_string();
@@ -98,6 +148,7 @@ pub async fn config_loop(
             Fetch::Changed { doc, etag: tag } => {
                 ring.on_success(Instant::now());
                 debug!(gateway = %gateway, packs = doc.packs.len(), "config document received");
+                apply_packs(&doc.packs, &mut applied_packs, &health);
                 match effective_interval(&doc, local) {
                     Ok(next) => {
                         let current = *interval.borrow();
@@ -116,22 +167,22 @@ pub async fn config_loop(
                         // Keep the old ETag so a corrected document is fetched in full.
                     }
                 }
-                CONFIG_SYNC_PERIOD
+                poll
             }
             Fetch::NotModified => {
                 ring.on_success(Instant::now());
-                CONFIG_SYNC_PERIOD
+                poll
             }
             Fetch::Forbidden(reply) => {
                 ring.on_success(Instant::now());
                 error!(appliance = %appliance_id, gateway = %gateway, "config fetch refused: {}", reply.message);
-                CONFIG_SYNC_PERIOD
+                poll
             }
             Fetch::Failed(why) => {
                 debug!(gateway = %gateway, "config fetch failed: {why}");
                 match ring.on_failure() {
                     AfterFailure::TryNext => Duration::ZERO,
-                    AfterFailure::BackOff => CONFIG_SYNC_PERIOD,
+                    AfterFailure::BackOff => poll,
                 }
             }
         };
@@ -141,9 +192,62 @@ pub async fn config_loop(
     }
 }
 
+/// Applies delivered packs when they changed and are valid; logs why otherwise.
+fn apply_packs(delivered: &[PackDoc], applied: &mut Vec<PackDoc>, health: &SharedHealth) {
+    match plan_packs(delivered, applied) {
+        PackUpdate::Unchanged => {}
+        PackUpdate::Apply(set) => {
+            let names: Vec<&str> = delivered.iter().map(|p| p.name.as_str()).collect();
+            health
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .set_packs(set);
+            info!(packs = %names.join(","), "health packs from the gateway applied");
+            *applied = delivered.to_vec();
+        }
+        PackUpdate::Invalid(errors) => {
+            // Remember them as seen, so the same bad set is not re-checked (and re-logged)
+            // every poll; the packs in force stay.
+            error!("health packs from the gateway refused, keeping the last good ones:\n{errors}");
+            *applied = delivered.to_vec();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GOOD: &str = r#"
+[pack]
+name = "t.good"
+version = "1"
+"#;
+
+    fn doc(name: &str, toml: &str) -> PackDoc {
+        PackDoc {
+            name: name.into(),
+            toml: toml.into(),
+        }
+    }
+
+    #[test]
+    fn packs_apply_only_when_changed_and_valid() {
+        assert!(matches!(plan_packs(&[], &[]), PackUpdate::Unchanged));
+        let good = [doc("t.good", GOOD)];
+        assert!(matches!(plan_packs(&good, &[]), PackUpdate::Apply(_)));
+        assert!(matches!(plan_packs(&good, &good), PackUpdate::Unchanged));
+        // Unassigned again: back to the built-in pack alone.
+        assert!(matches!(plan_packs(&[], &good), PackUpdate::Apply(_)));
+        let bad = [doc("t.bad", "[pack]\nname = \"t.bad\"\nversion = \"1\"\n\n[[monitor]]\nid = \"m\"\nclass = \"host\"\ntype = \"bogus\"\n")];
+        match plan_packs(&bad, &good) {
+            PackUpdate::Invalid(e) => {
+                let text = e.to_string();
+                assert!(text.starts_with("gateway:t.bad:"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn interval_from_document_or_local() {

@@ -16,8 +16,8 @@
 //! The data path reads from the module names:
 //!
 //! ```text
-//! sources::host ─► collect (plan records) ─► spool (rid, disk) ─► uplink::Sender ─► gateway
-//!                                            samples/ changes/    POST /v1/ingest, trim on ack
+//! sources::{host,vm} ─► collect ─► health (judge) ─► spool (rid, disk) ─► uplink::Sender ─► gateway
+//!                      (plan records)                samples/ changes/    POST /v1/ingest, trim on ack
 //! ```
 //!
 //! * [`config`]: `collector.toml`, validated without I/O ([`config::RawConfig`]), then
@@ -27,9 +27,12 @@
 //!   done; `enrollment.json` → poll; neither → submit. Restarts never enrol twice.
 //! * [`tls`]: TLS 1.3 only, ring provider, the configured CA as the only root.
 //! * [`sources`]: host inventory and metrics (sysinfo, `/sys/block`), sorted for stable
-//!   hashes.
-//! * [`collect`]: every interval, host records (inventory only when its hash changed) and
-//!   a self-metrics record, written to the spool.
+//!   hashes; KVM/QEMU guests (`sources::vm`: libvirt status XML, QEMU command lines,
+//!   `/proc`, cgroups, QMP; a cheap check first).
+//! * [`health`]: the health engine and packs — the `outpost-health` crate, re-exported.
+//! * [`collect`]: every interval, host records (inventory only when its hash changed), the
+//!   guest list as a delta when it changed and guest metrics, one health round's state
+//!   changes and alerts, and a self-metrics record, written to the spool.
 //! * [`spool`]: the durable spool (append-only segment logs with a CRC-32C per record, a
 //!   size cap that drops metric samples first and counts what it drops, torn tails and
 //!   damage skipped and counted, never fatal) and the ledger of batches in flight.
@@ -38,7 +41,8 @@
 //!   sequence_gap` renumbers; ordered failover with capped full-jitter backoff
 //!   ([`backoff`]), probes of the primary and fail-back ([`failover`]).
 //! * [`commands`]: the long-poll command channel (`ping`).
-//! * [`config_sync`]: the centre's config (`interval`) with ETags.
+//! * [`config_sync`]: the centre's config (`interval`, health packs) with ETags; new packs
+//!   are applied without a restart when valid, refused with the reasons logged otherwise.
 //! * [`status`]: what `outpost-collector status` prints.
 //! * [`agent`]: `run`, wiring the tasks together with one shutdown signal.
 //!
@@ -52,8 +56,8 @@
 //! * The spool caps by whole segments (an eighth of the cap each), so it holds between
 //!   7/8 of its cap and the cap (plus the in-flight batch) when full.
 //! * Batches left in `outbox/` by the foundation's collector are not imported.
-//! * Only host data is collected; VMs (libvirt, QEMU) and health packs are not yet.
-//!   Packs delivered by `GET /v1/config` are ignored.
+//! * No systemd or certificate source yet: service and certificate monitors judge nothing.
+//! * A refused pack set is reported in the log only, not to the gateway.
 //! * Certificates are not renewed (`POST /v1/renew` is not used yet); an expired
 //!   certificate needs a new enrolment.
 //! * Proxies are not supported: the collector connects to its gateways directly.
@@ -67,7 +71,7 @@ pub mod config_sync;
 pub mod enroll;
 pub mod failover;
 pub mod files;
-pub mod health;
+pub use outpost_health as health;
 pub mod http;
 pub mod identity;
 pub mod shutdown;

@@ -670,10 +670,23 @@ async fn command_result(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn config(State(_st): State<AppState>, _who: Appliance, headers: HeaderMap) -> Response {
-    let doc = CollectorConfigDoc::default();
-    let body = serde_json::to_vec(&doc).unwrap_or_default();
-    let etag = format!("\"{}\"", &outpost_proto::content_hash(&doc)[..32]);
+/// The collector's config: the health packs assigned to the appliance or its customer.
+/// The ETag is a hash of the document, so it changes only when the packs do.
+async fn config(
+    State(st): State<AppState>,
+    who: Appliance,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let doc = CollectorConfigDoc {
+        interval: None,
+        packs: st.store.packs_for(&who.id).await?,
+    };
+    Ok(config_response(&doc, &headers))
+}
+
+fn config_response(doc: &CollectorConfigDoc, headers: &HeaderMap) -> Response {
+    let body = serde_json::to_vec(doc).unwrap_or_default();
+    let etag = format!("\"{}\"", &outpost_proto::content_hash(doc)[..32]);
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

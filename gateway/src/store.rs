@@ -14,6 +14,12 @@
 
 use std::time::Duration;
 
+mod health;
+mod packs;
+
+pub use health::{AlertRow, HealthStateRow, VmRow};
+pub use packs::{PackImport, PackRow, PackScope};
+
 use outpost_proto::{ApplianceState, Envelope, Record};
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -717,6 +723,12 @@ impl Store {
                     let json = serde_json::to_string(m).unwrap_or_default();
                     metrics = Some((json, *collected_at_ms));
                 }
+                Record::VmInventory { .. }
+                | Record::VmMetrics { .. }
+                | Record::Health { .. }
+                | Record::Alert { .. } => {
+                    health::apply_record(&mut tx, appliance_id, rec).await?;
+                }
                 Record::Agent {
                     collected_at_ms,
                     agent: a,
@@ -1210,6 +1222,296 @@ mod tests {
             last_rid,
             skipped,
         }
+    }
+
+    fn guest(name: &str, uuid: &str, vcpus: u32) -> outpost_proto::VmInventory {
+        outpost_proto::VmInventory {
+            name: name.into(),
+            uuid: uuid.into(),
+            source: outpost_proto::vm::VmOrigin::Qemu,
+            vcpus,
+            memory_bytes: 64 << 20,
+            disks: Vec::new(),
+            nics: Vec::new(),
+        }
+    }
+
+    fn env(rid: u64, record: Record) -> Envelope {
+        Envelope { rid, record }
+    }
+
+    fn change(object: &str, monitor: &str, to: &str, at_ms: i64) -> outpost_proto::HealthChange {
+        outpost_proto::HealthChange {
+            object: object.into(),
+            monitor: monitor.into(),
+            from: None,
+            to: to.into(),
+            at_ms,
+        }
+    }
+
+    fn alert_event(status: outpost_proto::AlertStatus, at_ms: i64) -> outpost_proto::AlertEvent {
+        outpost_proto::AlertEvent {
+            id: "cpu-high@host/box@10".into(),
+            status,
+            severity: "critical".into(),
+            object: "host/box".into(),
+            monitor: "cpu".into(),
+            rule: "cpu-high".into(),
+            message: "busy".into(),
+            raised_at_ms: 10,
+            at_ms,
+            reason: (status == outpost_proto::AlertStatus::Resolved).then(|| "healthy".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn vms_health_and_alerts_follow_the_records() {
+        let b = backends().await;
+        for (name, store) in &b.stores {
+            eprintln!("backend {name}");
+            vms_health_and_alerts_follow_the_records_on(store).await;
+        }
+        b.cleanup().await;
+    }
+
+    async fn vms_health_and_alerts_follow_the_records_on(store: &Store) {
+        use outpost_proto::{AlertStatus, VmDelta, VmMetrics};
+        let id = approved(store).await;
+        let (a, b_vm, c) = (
+            guest("a", "u-a", 1),
+            guest("b", "u-b", 2),
+            guest("c", "", 1),
+        );
+        let batch1 = vec![
+            env(
+                1,
+                Record::VmInventory {
+                    collected_at_ms: 5,
+                    full: true,
+                    delta: VmDelta {
+                        added: vec![a.clone(), b_vm.clone()],
+                        ..VmDelta::default()
+                    },
+                },
+            ),
+            env(
+                2,
+                Record::VmMetrics {
+                    collected_at_ms: 5,
+                    vms: vec![VmMetrics {
+                        key: "u-a".into(),
+                        state: outpost_proto::vm::VmState::Running,
+                        state_detail: "proc:S".into(),
+                        pid: Some(7),
+                        cpu_time_ms: 1,
+                        rss_bytes: 2,
+                        io_read_bytes: None,
+                        io_write_bytes: None,
+                        net_rx_bytes: None,
+                        net_tx_bytes: None,
+                        cgroup: None,
+                    }],
+                },
+            ),
+            env(
+                3,
+                Record::Health {
+                    collected_at_ms: 5,
+                    changes: vec![
+                        change("host/box", "health", "healthy", 5),
+                        change("host/box", "cpu", "healthy", 5),
+                        change("vm/b", "health", "healthy", 5),
+                    ],
+                    removed: Vec::new(),
+                },
+            ),
+            env(
+                4,
+                Record::Alert {
+                    collected_at_ms: 10,
+                    alert: alert_event(AlertStatus::Raised, 10),
+                },
+            ),
+        ];
+        assert_eq!(
+            store.ingest(&id, 1, &batch1, now_ms()).await.unwrap(),
+            stored(1, 4, 0)
+        );
+        let vms = store.vms(&id).await.unwrap();
+        assert_eq!(
+            vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(vms[0].metrics_json.as_deref().unwrap().contains("proc:S"));
+        assert_eq!(vms[0].metrics_at, Some(5));
+        assert_eq!(store.health_states(&id).await.unwrap().len(), 3);
+        let open = store.alerts(&id, true).await.unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].resolved_at, None);
+
+        // A delta: b goes, c comes, a changes; vm/b is forgotten; cpu goes critical; the
+        // alert resolves.
+        let mut a2 = a.clone();
+        a2.vcpus = 4;
+        let batch2 = vec![
+            env(
+                5,
+                Record::VmInventory {
+                    collected_at_ms: 20,
+                    full: false,
+                    delta: VmDelta {
+                        added: vec![c.clone()],
+                        removed: vec![b_vm],
+                        changed: vec![a2],
+                    },
+                },
+            ),
+            env(
+                6,
+                Record::Health {
+                    collected_at_ms: 20,
+                    changes: vec![change("host/box", "cpu", "critical", 20)],
+                    removed: vec!["vm/b".into()],
+                },
+            ),
+            env(
+                7,
+                Record::Alert {
+                    collected_at_ms: 30,
+                    alert: alert_event(AlertStatus::Resolved, 30),
+                },
+            ),
+        ];
+        assert_eq!(
+            store.ingest(&id, 2, &batch2, now_ms()).await.unwrap(),
+            stored(2, 7, 0)
+        );
+        let vms = store.vms(&id).await.unwrap();
+        assert_eq!(
+            vms.iter().map(|v| v.key.as_str()).collect::<Vec<_>>(),
+            ["u-a", "name:c"]
+        );
+        assert!(
+            vms[0].inventory_json.contains("\"vcpus\":4"),
+            "{}",
+            vms[0].inventory_json
+        );
+        assert_eq!((vms[0].added_at, vms[0].changed_at), (5, 20));
+        let states = store.health_states(&id).await.unwrap();
+        assert_eq!(states.len(), 2);
+        let cpu = states.iter().find(|s| s.monitor == "cpu").unwrap();
+        assert_eq!((cpu.state.as_str(), cpu.since), ("critical", 20));
+        assert_eq!(store.count_health_changes(&id).await.unwrap(), 4);
+        assert!(store.alerts(&id, true).await.unwrap().is_empty());
+        let all = store.alerts(&id, false).await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].raised_at, 10);
+        assert_eq!(all[0].resolved_at, Some(30));
+        assert_eq!(all[0].resolve_reason.as_deref(), Some("healthy"));
+
+        // The next start of the collector sends a full list: it replaces the guests.
+        let batch3 = vec![env(
+            8,
+            Record::VmInventory {
+                collected_at_ms: 40,
+                full: true,
+                delta: VmDelta::default(),
+            },
+        )];
+        assert_eq!(
+            store.ingest(&id, 3, &batch3, now_ms()).await.unwrap(),
+            stored(3, 8, 0)
+        );
+        assert!(store.vms(&id).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn packs_are_versioned_and_delivered_by_assignment() {
+        let b = backends().await;
+        for (name, store) in &b.stores {
+            eprintln!("backend {name}");
+            packs_are_versioned_and_delivered_by_assignment_on(store).await;
+        }
+        b.cleanup().await;
+    }
+
+    async fn packs_are_versioned_and_delivered_by_assignment_on(store: &Store) {
+        let id = approved(store).await; // customer acme
+        let other = approved(store).await;
+        let first = store.import_pack("p1", "a = 1", 1).await.unwrap();
+        assert_eq!(
+            first,
+            PackImport {
+                version: 1,
+                changed: true
+            }
+        );
+        let again = store.import_pack("p1", "a = 1", 2).await.unwrap();
+        assert_eq!(
+            again,
+            PackImport {
+                version: 1,
+                changed: false
+            }
+        );
+        store.import_pack("p2", "b = 2", 3).await.unwrap();
+        assert!(store.packs_for(&id).await.unwrap().is_empty());
+        assert!(matches!(
+            store
+                .assign_pack("nope", PackScope::Customer, "acme", 4)
+                .await,
+            Err(StoreError::NotFound { what: "pack", .. })
+        ));
+        assert!(matches!(
+            store
+                .assign_pack("p1", PackScope::Appliance, "ap-none", 4)
+                .await,
+            Err(StoreError::NotFound {
+                what: "appliance",
+                ..
+            })
+        ));
+        assert!(store
+            .assign_pack("p2", PackScope::Appliance, &id, 4)
+            .await
+            .unwrap());
+        assert!(!store
+            .assign_pack("p2", PackScope::Appliance, &id, 5)
+            .await
+            .unwrap());
+        let names = |docs: Vec<outpost_proto::PackDoc>| {
+            docs.into_iter().map(|d| d.name).collect::<Vec<_>>()
+        };
+        assert_eq!(names(store.packs_for(&id).await.unwrap()), ["p2"]);
+        assert!(store.packs_for(&other).await.unwrap().is_empty());
+        assert!(store
+            .assign_pack("p1", PackScope::Customer, "acme", 6)
+            .await
+            .unwrap());
+        assert_eq!(names(store.packs_for(&id).await.unwrap()), ["p1", "p2"]);
+        assert_eq!(names(store.packs_for(&other).await.unwrap()), ["p1"]);
+        let changed = store.import_pack("p1", "a = 2", 7).await.unwrap();
+        assert_eq!(
+            changed,
+            PackImport {
+                version: 2,
+                changed: true
+            }
+        );
+        let docs = store.packs_for(&other).await.unwrap();
+        assert_eq!(docs[0].toml, "a = 2");
+        let listed = store.list_packs().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].version, 2);
+        assert_eq!(
+            listed[0].assigned,
+            vec![("customer".to_string(), "acme".to_string())]
+        );
+        assert_eq!(
+            listed[1].assigned,
+            vec![("appliance".to_string(), id.clone())]
+        );
     }
 
     #[tokio::test]

@@ -29,14 +29,18 @@
 
 pub mod agent;
 pub mod duration;
+pub mod health;
 pub mod host;
+pub mod vm;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use agent::AgentMetrics;
 pub use duration::{format_duration, parse_duration, DurationError};
+pub use health::{AlertEvent, AlertStatus, HealthChange};
 pub use host::{HostInventory, HostMetrics};
+pub use vm::{VmDelta, VmInventory, VmMetrics};
 
 /// Version of the wire protocol spoken on 5723.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -182,6 +186,43 @@ pub enum Record {
         /// The self-metrics.
         agent: AgentMetrics,
     },
+    /// How the guest list changed; sent only when it did. With `full`, `delta.added` is
+    /// the whole list (the collector's first discovery after it started) and replaces
+    /// what the gateway had.
+    VmInventory {
+        /// Collection time, unix milliseconds.
+        collected_at_ms: i64,
+        /// `delta.added` is the complete list.
+        #[serde(default)]
+        full: bool,
+        /// Added, removed and changed guests.
+        delta: VmDelta,
+    },
+    /// One sample of every running guest; sent every interval while there are guests.
+    VmMetrics {
+        /// Collection time, unix milliseconds.
+        collected_at_ms: i64,
+        /// One entry per guest, by [`vm::VmInventory::key`].
+        vms: Vec<VmMetrics>,
+    },
+    /// Health state changes of one evaluation round; sent only when something changed.
+    Health {
+        /// Collection time, unix milliseconds.
+        collected_at_ms: i64,
+        /// Monitors (and overall health) that changed.
+        #[serde(default)]
+        changes: Vec<HealthChange>,
+        /// Objects no longer discovered (`CLASS/ID`): their states are forgotten.
+        #[serde(default)]
+        removed: Vec<String>,
+    },
+    /// An alert raised, escalated or resolved.
+    Alert {
+        /// Collection time, unix milliseconds.
+        collected_at_ms: i64,
+        /// The event.
+        alert: AlertEvent,
+    },
 }
 
 impl Record {
@@ -192,6 +233,10 @@ impl Record {
             Self::Inventory { .. } => "inventory",
             Self::Metrics { .. } => "metrics",
             Self::Agent { .. } => "agent",
+            Self::VmInventory { .. } => "vm_inventory",
+            Self::VmMetrics { .. } => "vm_metrics",
+            Self::Health { .. } => "health",
+            Self::Alert { .. } => "alert",
         }
     }
 
@@ -206,6 +251,18 @@ impl Record {
                 collected_at_ms, ..
             }
             | Self::Agent {
+                collected_at_ms, ..
+            }
+            | Self::VmInventory {
+                collected_at_ms, ..
+            }
+            | Self::VmMetrics {
+                collected_at_ms, ..
+            }
+            | Self::Health {
+                collected_at_ms, ..
+            }
+            | Self::Alert {
                 collected_at_ms, ..
             } => *collected_at_ms,
         }
@@ -421,6 +478,58 @@ mod tests {
         )
         .unwrap_err();
         assert!(!e.to_string().is_empty());
+    }
+
+    #[test]
+    fn vm_and_health_records_are_tagged_by_kind() {
+        let records = [
+            Record::VmInventory {
+                collected_at_ms: 1,
+                full: true,
+                delta: VmDelta::default(),
+            },
+            Record::VmMetrics {
+                collected_at_ms: 1,
+                vms: Vec::new(),
+            },
+            Record::Health {
+                collected_at_ms: 1,
+                changes: vec![HealthChange {
+                    object: "host/a".into(),
+                    monitor: health::OVERALL.into(),
+                    from: None,
+                    to: "healthy".into(),
+                    at_ms: 1,
+                }],
+                removed: vec!["vm/b".into()],
+            },
+            Record::Alert {
+                collected_at_ms: 1,
+                alert: AlertEvent {
+                    id: health::alert_id("cpu", "host/a", 1),
+                    status: AlertStatus::Raised,
+                    severity: "critical".into(),
+                    object: "host/a".into(),
+                    monitor: "cpu".into(),
+                    rule: "cpu".into(),
+                    message: "busy".into(),
+                    raised_at_ms: 1,
+                    at_ms: 1,
+                    reason: None,
+                },
+            },
+        ];
+        for (r, kind) in records
+            .iter()
+            .zip(["vm_inventory", "vm_metrics", "health", "alert"])
+        {
+            let v = serde_json::to_value(r).unwrap();
+            assert_eq!(v["kind"], kind);
+            assert_eq!(r.kind(), kind);
+            assert_eq!(r.collected_at_ms(), 1);
+            let back: Record = serde_json::from_value(v).unwrap();
+            assert_eq!(&back, r);
+        }
     }
 
     #[test]

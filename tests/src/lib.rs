@@ -21,6 +21,7 @@
 //! * [`fixtures`]: steps many tests share (an approved appliance, waiting on `appliances show`).
 //! * [`pg`] and [`pool`]: a throwaway PostgreSQL database per test (from
 //!   `OUTPOST_TEST_POSTGRES`, a printed `SKIP:` without it) and two gateways sharing it.
+//! * [`qemu`]: real, bounded `qemu-system-x86_64` guests (with the reason to skip without).
 //! * [`faults`]: seeded fault timing, the stored records of an appliance and the
 //!   exactly-once check; [`spool`]: a reader of the collector's on-disk spool.
 //!
@@ -38,6 +39,7 @@ pub mod pg;
 pub mod pki;
 pub mod pool;
 pub mod proc;
+pub mod qemu;
 pub mod spool;
 pub mod wait;
 pub mod workdir;

@@ -5,8 +5,8 @@
 //!
 //! ```text
 //! state_dir/state.json            the ledger: acked seq and rid, in-flight batch, counters
-//! state_dir/spool/samples/*.seg   metrics and self-metrics   (evicted first)
-//! state_dir/spool/changes/*.seg   inventory                  (evicted last)
+//! state_dir/spool/samples/*.seg   metrics, VM metrics and self-metrics     (evicted first)
+//! state_dir/spool/changes/*.seg   inventory, VM deltas, health, alerts     (evicted last)
 //! ```
 //!
 //! * Two append-only logs of checksummed frames ([`frame`]) in segment files ([`segment`])
@@ -151,7 +151,7 @@ impl Default for BatchLimits {
 pub enum Class {
     /// Metrics and self-metrics: the next sample replaces them; dropped first.
     Samples,
-    /// Inventory (later health changes and alerts): dropped last.
+    /// Inventory, VM inventory deltas, health changes and alerts: dropped last.
     Changes,
 }
 
@@ -163,8 +163,13 @@ impl Class {
     #[must_use]
     pub fn of(record: &Record) -> Self {
         match record {
-            Record::Inventory { .. } => Self::Changes,
-            Record::Metrics { .. } | Record::Agent { .. } => Self::Samples,
+            Record::Inventory { .. }
+            | Record::VmInventory { .. }
+            | Record::Health { .. }
+            | Record::Alert { .. } => Self::Changes,
+            Record::Metrics { .. } | Record::Agent { .. } | Record::VmMetrics { .. } => {
+                Self::Samples
+            }
         }
     }
 

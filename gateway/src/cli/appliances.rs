@@ -2,7 +2,9 @@
 
 use outpost_gateway::api::approve_with;
 use outpost_gateway::ca::Ca;
-use outpost_gateway::store::{now_ms, ApplianceDetail, StoredRecord};
+use outpost_gateway::store::{
+    now_ms, AlertRow, ApplianceDetail, HealthStateRow, StoredRecord, VmRow,
+};
 use outpost_proto::ApplianceState;
 use serde_json::{json, Value};
 
@@ -19,7 +21,8 @@ pub enum AppliancesCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show one appliance: state, certificate, last contact, inventory, latest metrics.
+    /// Show one appliance: state, certificate, last contact, inventory, latest metrics,
+    /// guests, the health tree and open alerts.
     Show {
         /// Appliance id (ap-…).
         id: String,
@@ -40,7 +43,7 @@ pub enum AppliancesCmd {
         #[arg(long)]
         json: bool,
         /// Only records of this kind.
-        #[arg(long, value_name = "KIND", value_parser = ["inventory", "metrics", "agent"])]
+        #[arg(long, value_name = "KIND", value_parser = ["inventory", "metrics", "agent", "vm_inventory", "vm_metrics", "health", "alert"])]
         kind: Option<String>,
         /// At most this many (the lowest record ids).
         #[arg(long, value_name = "N")]
@@ -105,8 +108,14 @@ pub fn run(c: AppliancesCmd) -> Result<(), CliError> {
             AppliancesCmd::Show { id, config, json } => {
                 let (_, store) = open(&config.config).await?;
                 let d = store.appliance(&id).await?;
+                let vms = store.vms(&id).await?;
+                let states = store.health_states(&id).await?;
+                let alerts = store.alerts(&id, true).await?;
                 store.close().await;
-                let v = detail_json(&d);
+                let mut v = detail_json(&d);
+                v["vms"] = Value::Array(vms.iter().map(vm_json).collect());
+                v["health"] = health_tree_json(&states);
+                v["open_alerts"] = Value::Array(alerts.iter().map(alert_json).collect());
                 if json {
                     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 } else {
@@ -224,6 +233,123 @@ fn detail_json(d: &ApplianceDetail) -> Value {
     })
 }
 
+fn vm_json(r: &VmRow) -> Value {
+    let inv: Value = serde_json::from_str(&r.inventory_json).unwrap_or(Value::Null);
+    let metrics = parse_or_null(r.metrics_json.as_ref());
+    json!({
+        "key": r.key,
+        "name": r.name,
+        "uuid": inv["uuid"],
+        "source": inv["source"],
+        "vcpus": inv["vcpus"],
+        "memory_bytes": inv["memory_bytes"],
+        "disks": inv["disks"],
+        "nics": inv["nics"],
+        "state": metrics["state"],
+        "added_at": rfc3339(r.added_at),
+        "changed_at": rfc3339(r.changed_at),
+        "metrics": metrics,
+        "metrics_at": rfc3339_json(r.metrics_at),
+    })
+}
+
+/// The rolled-up state per object (monitor `health`) with its monitors, host first.
+fn health_tree_json(states: &[HealthStateRow]) -> Value {
+    let mut objects: std::collections::BTreeMap<(bool, &str), Value> =
+        std::collections::BTreeMap::new();
+    for r in states {
+        let (class, id) = r.object.split_once('/').unwrap_or((r.object.as_str(), ""));
+        let o = objects
+            .entry((class != "host", r.object.as_str()))
+            .or_insert_with(|| {
+                json!({"object": r.object, "class": class, "id": id, "state": "unknown",
+                   "since": Value::Null, "monitors": []})
+            });
+        if r.monitor == outpost_proto::health::OVERALL {
+            o["state"] = json!(r.state);
+            o["since"] = json!(rfc3339(r.since));
+        } else if let Some(m) = o["monitors"].as_array_mut() {
+            m.push(json!({"monitor": r.monitor, "state": r.state, "since": rfc3339(r.since)}));
+        }
+    }
+    Value::Array(objects.into_values().collect())
+}
+
+fn alert_json(a: &AlertRow) -> Value {
+    json!({
+        "id": a.id,
+        "severity": a.severity,
+        "object": a.object,
+        "monitor": a.monitor,
+        "rule": a.rule,
+        "message": a.message,
+        "raised_at": rfc3339(a.raised_at),
+        "resolved_at": rfc3339_json(a.resolved_at),
+    })
+}
+
+fn print_box_health(v: &Value) {
+    let text = |x: &Value| match x {
+        Value::Null => "-".to_string(),
+        Value::String(t) => t.clone(),
+        other => other.to_string(),
+    };
+    let vms = v["vms"].as_array().map_or(&[][..], Vec::as_slice);
+    if vms.is_empty() {
+        println!("vms             (none reported)");
+    } else {
+        println!("vms             {}", vms.len());
+        for vm in vms {
+            println!(
+                "  {:<20} {:<9} {} vcpu  {} MiB  {}  {}",
+                text(&vm["name"]),
+                text(&vm["state"]),
+                text(&vm["vcpus"]),
+                vm["memory_bytes"].as_u64().unwrap_or(0) / (1024 * 1024),
+                text(&vm["source"]),
+                text(&vm["uuid"]),
+            );
+        }
+    }
+    let objects = v["health"].as_array().map_or(&[][..], Vec::as_slice);
+    if objects.is_empty() {
+        println!("health          (none reported)");
+    } else {
+        println!("health");
+        for o in objects {
+            let indent = if o["class"] == "host" { "  " } else { "    " };
+            println!(
+                "{indent}{:<28} {:<13} since {}",
+                text(&o["object"]),
+                text(&o["state"]),
+                text(&o["since"])
+            );
+            for m in o["monitors"].as_array().map_or(&[][..], Vec::as_slice) {
+                println!(
+                    "{indent}  - {:<24} {}",
+                    text(&m["monitor"]),
+                    text(&m["state"])
+                );
+            }
+        }
+    }
+    let alerts = v["open_alerts"].as_array().map_or(&[][..], Vec::as_slice);
+    if alerts.is_empty() {
+        println!("open alerts     (none)");
+    } else {
+        println!("open alerts     {}", alerts.len());
+        for a in alerts {
+            println!(
+                "  {:<8} {:<28} {}  (raised {})",
+                text(&a["severity"]),
+                text(&a["object"]),
+                text(&a["message"]),
+                text(&a["raised_at"])
+            );
+        }
+    }
+}
+
 fn print_detail(v: &Value) {
     let s = |k: &str| match &v[k] {
         Value::Null => "-".to_string(),
@@ -317,5 +443,42 @@ fn print_detail(v: &Value) {
             m["memory_used_bytes"].as_u64().unwrap_or(0) / (1024 * 1024)
         );
         println!("  processes     {}", m["process_count"]);
+    }
+    print_box_health(v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(object: &str, monitor: &str, state: &str) -> HealthStateRow {
+        HealthStateRow {
+            object: object.into(),
+            monitor: monitor.into(),
+            state: state.into(),
+            since: 0,
+        }
+    }
+
+    #[test]
+    fn health_tree_puts_the_host_first_with_its_monitors() {
+        let tree = health_tree_json(&[
+            row("filesystem//", "fs-free", "warning"),
+            row("filesystem//", "health", "warning"),
+            row("vm/a", "health", "healthy"),
+            row("host/box", "cpu", "healthy"),
+            row("host/box", "health", "warning"),
+        ]);
+        let objects = tree.as_array().unwrap();
+        let names: Vec<_> = objects
+            .iter()
+            .map(|o| o["object"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["host/box", "filesystem//", "vm/a"]);
+        assert_eq!(objects[0]["state"], "warning");
+        assert_eq!(objects[0]["monitors"][0]["monitor"], "cpu");
+        assert_eq!(objects[1]["class"], "filesystem");
+        assert_eq!(objects[1]["id"], "/");
+        assert_eq!(objects[2]["monitors"].as_array().unwrap().len(), 0);
     }
 }

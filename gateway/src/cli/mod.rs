@@ -3,6 +3,7 @@
 mod appliances;
 mod commands;
 mod init;
+mod packs;
 mod serve;
 mod token;
 
@@ -52,6 +53,9 @@ enum Cmd {
     /// Queue commands for appliances and read their results.
     #[command(subcommand)]
     Commands(commands::CommandsCmd),
+    /// Import, list and assign health packs.
+    #[command(subcommand)]
+    Packs(packs::PacksCmd),
 }
 
 /// What a subcommand can fail with; each maps to an exit code.
@@ -111,6 +115,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Token(c) => token::run(c),
         Cmd::Appliances(c) => appliances::run(c),
         Cmd::Commands(c) => commands::run(c),
+        Cmd::Packs(c) => packs::run(c),
     }
 }
 

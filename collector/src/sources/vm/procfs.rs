@@ -8,8 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
+pub use super::CgroupStats;
 use super::VmState;
 
 /// Clock ticks per second of `utime`/`stime` (`USER_HZ`; 100 on every mainstream Linux).
@@ -170,25 +169,6 @@ fn key_value(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// Statistics of a guest's own cgroup (v2).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CgroupStats {
-    /// The cgroup, relative to the hierarchy's root.
-    pub path: String,
-    /// `cpu.stat` `usage_usec`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_usage_usec: Option<u64>,
-    /// `memory.current`, bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_current_bytes: Option<u64>,
-    /// `io.stat` `rbytes` over all devices.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_read_bytes: Option<u64>,
-    /// `io.stat` `wbytes` over all devices.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub io_write_bytes: Option<u64>,
 }
 
 /// The cgroup v2 path of a process from `/proc/PID/cgroup` (the `0::PATH` line).

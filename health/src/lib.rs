@@ -1,5 +1,13 @@
+//! # outpost-health
+//!
 //! Health packs: the collector judges the box's health itself, the way a management pack
 //! does, so health stays right while the gateway is unreachable and only changes travel.
+//!
+//! A crate of its own, pure (no I/O beyond [`load_pack`] reading a file), because both
+//! sides need it: the collector runs the [`HealthEngine`] (re-exported there as
+//! `outpost_collector::health`), and the gateway's `packs import` refuses a bad pack with the
+//! same file, line and reason a collector would give — without the gateway depending on the
+//! collector.
 //!
 //! # Background
 //!
@@ -31,6 +39,7 @@
 //! * [`overrides`]: override precedence as a total order ([`OverrideRank`]) and conflict
 //!   reports.
 //! * [`engine`]: [`HealthEngine`] — discovery, evaluation, alerts, collection.
+//! * [`report`]: which of a round's events travel, as `health` and `alert` records.
 //!
 //! Validation is all-or-nothing: a pack with any error is rejected with every error's file,
 //! line and reason, and the engine only ever holds a [`PackSet`] that validated, so a
@@ -54,6 +63,7 @@ pub mod monitor;
 pub mod overrides;
 pub mod pack;
 pub mod packset;
+pub mod report;
 pub mod samples;
 pub mod state;
 
@@ -77,7 +87,7 @@ pub const DEFAULT_PACK_TOML: &str = include_str!("default_pack.toml");
 pub const DEFAULT_PACK_NAME: &str = "outpost.default";
 
 /// The name the built-in pack's errors would carry.
-const DEFAULT_PACK_FILE: &str = "collector/src/health/default_pack.toml";
+const DEFAULT_PACK_FILE: &str = "health/src/default_pack.toml";
 
 /// The built-in pack.
 ///

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::health::pack::parse_pack;
+use crate::pack::parse_pack;
 use HealthState::{Critical, Healthy, NotMonitored, Unknown, Warning};
 
 fn fixture(name: &str) -> PathBuf {
@@ -670,7 +670,12 @@ fn rejects_parameters_the_target_does_not_have() {
 fn rejects_duplicate_ids_across_packs() {
     let text = "[pack]\nname = \"t\"\n\n[[monitor]]\nid = \"host.cpu\"\nclass = \"host\"\ntype = \"threshold\"\nmetric = \"load1\"\nwarning = 3\n";
     let errs = pack_set_with_default(vec![parse_pack("t.toml", text).unwrap()]).unwrap_err();
-    assert!(errs.to_string().starts_with("t.toml:4: monitor id \"host.cpu\" is already defined at collector/src/health/default_pack.toml:"), "{errs}");
+    assert!(
+        errs.to_string().starts_with(
+            "t.toml:4: monitor id \"host.cpu\" is already defined at health/src/default_pack.toml:"
+        ),
+        "{errs}"
+    );
 }
 
 #[test]

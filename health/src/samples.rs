@@ -11,7 +11,7 @@ use std::fmt;
 use outpost_proto::{HostInventory, HostMetrics};
 use serde::{Deserialize, Serialize};
 
-use crate::sources::vm::DiscoveredVm;
+use outpost_proto::vm::DiscoveredVm;
 
 /// The kinds of object a pack can talk about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -402,8 +402,8 @@ impl Samples {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::vm::{VmInventory, VmMetrics, VmOrigin, VmState};
     use outpost_proto::host::{FilesystemInfo, FilesystemUsage, NicCounters, NicInfo};
+    use outpost_proto::vm::{VmInventory, VmMetrics, VmOrigin, VmState};
 
     #[test]
     fn host_source_becomes_objects_with_known_names() {

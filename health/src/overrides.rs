@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(res.winner, a);
         assert_eq!(res.value, ParamValue::Number(80.0));
         assert_eq!(res.tied, vec![(b, ParamValue::Number(70.0))]);
-        let obj = ObjectKey::new(crate::health::Class::Vm, "db1");
+        let obj = ObjectKey::new(crate::Class::Vm, "db1");
         let report = conflict("vm.cpu", &obj, Param::Warning, &res).unwrap();
         assert_eq!(report.chosen, "acme/o1");
         assert_eq!(report.over, vec!["beta/o9=70".to_string()]);
