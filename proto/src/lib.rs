@@ -31,6 +31,7 @@ pub mod agent;
 pub mod duration;
 pub mod health;
 pub mod host;
+pub mod update;
 pub mod vm;
 
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,10 @@ pub mod paths {
     pub const CONFIG: &str = "/v1/config";
     /// `GET`: liveness; answers without a client certificate.
     pub const HEALTH: &str = "/v1/health";
+    /// `GET /v1/feed/{path}`: the vendor's update feed, read-only, Range requests.
+    pub const FEED: &str = "/v1/feed";
+    /// `POST`: the updater's state ([`crate::update::UpdateState`]).
+    pub const UPDATE_STATE: &str = "/v1/update-state";
 
     /// `GET /v1/enroll/{id}` for one id.
     #[must_use]

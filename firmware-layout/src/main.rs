@@ -1,0 +1,2 @@
+//! `outpost-layout` CLI.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Outpost image builder: recipe to reproducible root file system (to be written)

@@ -1,0 +1,2 @@
+//! `outpost-image` CLI.
+fn main() {}

@@ -1,0 +1,2 @@
+//! `outpost-feed`: the vendor's feed publisher.
+fn main() {}

@@ -1,0 +1,2 @@
+//! `outpost-updater`: the on-box staged update agent.
+fn main() {}
