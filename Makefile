@@ -1,6 +1,6 @@
 # Outpost: one target per habit. `make test` works on a fresh Debian machine with only the
-# Rust toolchain (the `deps` step installs the openssl CLI and qemu-system-x86 when it can;
-# without them the weak-key CSR test and the real-QEMU discovery tests print SKIP).
+# Rust toolchain: the `deps` step installs the Debian packages the tests drive (QEMU, mkfs,
+# mmdebstrap, OVMF, ...) when it can; a test whose tool is missing prints SKIP.
 
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
@@ -12,24 +12,27 @@ all: build
 build:
 	$(CARGO) build --workspace --bins
 
+# What the tests and benchmarks run, as "command-or-file:debian-package". `deps` installs the
+# missing ones in one apt-get call when it runs as root on Debian; elsewhere the tests that
+# need a missing tool print SKIP with the reason.
+DEPS := openssl:openssl qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
+	curl:curl zstd:zstd sfdisk:fdisk mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mcopy:mtools \
+	mkfs.erofs:erofs-utils mmdebstrap:mmdebstrap /usr/share/OVMF/OVMF_CODE.fd:ovmf \
+	/usr/lib/systemd/boot/efi/systemd-bootx64.efi:systemd-boot-efi genimage:genimage \
+	swupdate:swupdate collectd:collectd-core prometheus-node-exporter:prometheus-node-exporter
+
 deps:
-	@if command -v openssl >/dev/null 2>&1; then :; \
+	@missing=""; for d in $(DEPS); do t=$${d%%:*}; p=$${d#*:}; \
+		if command -v "$$t" >/dev/null 2>&1 || [ -e "$$t" ]; then :; else missing="$$missing $$p"; fi; \
+	done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing the openssl CLI (used by the weak-key CSR test)"; \
-		(DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl || \
-		 (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl)) || \
-		echo "warning: could not install openssl; the weak-key CSR test will print SKIP"; \
+		echo "installing Debian packages the tests need:$$missing"; \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing || \
+		 (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing)) || \
+		echo "warning: could not install$$missing; the tests that need them print SKIP"; \
 	else \
-		echo "note: openssl not found and cannot be installed here; the weak-key CSR test will print SKIP"; \
-	fi
-	@if command -v qemu-system-x86_64 >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing qemu-system-x86 (used by the real-QEMU VM discovery tests)"; \
-		(DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends qemu-system-x86 || \
-		 (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends qemu-system-x86)) || \
-		echo "warning: could not install qemu-system-x86; the real-QEMU tests will print SKIP"; \
-	else \
-		echo "note: qemu-system-x86_64 not found and cannot be installed here; the real-QEMU tests will print SKIP"; \
+		echo "note: missing$$missing and cannot install here; the tests that need them print SKIP"; \
 	fi
 
 # The end-to-end tests run the built binaries, so build them first.
