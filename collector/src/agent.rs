@@ -136,6 +136,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     tasks.spawn({
         let fut = collect::collect_loop(
+            Some(config.state_dir.join(crate::state::CERT_FILE)),
             Arc::clone(&spool),
             Arc::clone(&health),
             Arc::clone(&uplink_stats),

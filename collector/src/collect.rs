@@ -13,11 +13,18 @@
 //! `vm_inventory` delta when the list changed ([`VmTracker`]; the first discovery after a
 //! start is a full list) and a `vm_metrics` sample while there are any. Health is judged
 //! here, before and whatever the uplink does, so it stays right while no gateway answers.
+//!
+//! The engine says what else to read ([`HealthEngine::wanted`]): the systemd units of the
+//! packs' service discoveries ([`ServiceSource`]) and the certificate files of their
+//! certificate discoveries, plus the collector's own certificate ([`sample_certificates`]).
+//! Whether the delivered packs are in force and the override conflicts the engine found
+//! travel as a `pack_status` record whenever they change ([`PackStatusTracker`]), and once
+//! after every start.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use outpost_proto::vm::{diff_vms, VmInventory};
 use outpost_proto::{content_hash, AgentMetrics, HostInventory, HostMetrics, Record};
@@ -26,12 +33,15 @@ use tracing::{debug, error, info, warn};
 
 use crate::health::engine::HealthEvent;
 use crate::health::report::plan_health_records;
-use crate::health::{HealthEngine, Samples};
+use crate::health::{CertificateStatus, HealthEngine, Samples, ServiceStatus, Wanted};
 use crate::shutdown::Shutdown;
+use crate::sources::cert::sample_certificates;
+use crate::sources::service::ServiceSource;
 use crate::sources::vm::{discover_vms, DiscoveredVm, LIBVIRT_RUN, PROC_ROOT};
 use crate::sources::HostSource;
 use crate::spool::SpoolStats;
 use crate::uplink::{now_ms, with_spool, SharedSpool, UplinkError, UplinkSnapshot, UplinkStats};
+use outpost_proto::health::PackStatus;
 
 /// The health engine, shared by the collecting task (which feeds it) and config sync
 /// (which gives it new packs).
@@ -112,17 +122,59 @@ impl VmTracker {
     }
 }
 
-/// One health round over a collection: the host and its guests go in, the records of what
-/// changed come out (none when nothing did). Override conflicts are logged.
+/// Sends the pack status when it differs from the one sent last.
+#[derive(Debug, Clone, Default)]
+pub struct PackStatusTracker {
+    sent: Option<PackStatus>,
+}
+
+impl PackStatusTracker {
+    /// A tracker that has sent nothing: its first plan is a record.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A `pack_status` record when `now` differs from the status sent last.
+    pub fn plan_record(&mut self, now: PackStatus, collected_at_ms: i64) -> Option<Record> {
+        if self.sent.as_ref() == Some(&now) {
+            return None;
+        }
+        self.sent = Some(now.clone());
+        Some(Record::PackStatus {
+            collected_at_ms,
+            status: now,
+        })
+    }
+}
+
+/// Everything one collection saw on the box.
+#[derive(Debug, Clone, Default)]
+pub struct BoxSample {
+    /// The host.
+    pub inventory: HostInventory,
+    /// Its metrics.
+    pub metrics: HostMetrics,
+    /// KVM/QEMU guests.
+    pub vms: Vec<DiscoveredVm>,
+    /// The systemd units the packs list.
+    pub services: Vec<ServiceStatus>,
+    /// The certificates the packs list, and the collector's own.
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One health round over a collection: the box goes in, the records of what changed come
+/// out (none when nothing did). Override conflicts are logged (and reported by the
+/// `pack_status` record).
 pub fn judge_health(
     engine: &mut HealthEngine,
-    inventory: &HostInventory,
-    metrics: &HostMetrics,
-    vms: &[DiscoveredVm],
+    sample: &BoxSample,
     collected_at_ms: i64,
 ) -> Vec<Record> {
-    let mut samples = Samples::from_host(inventory, metrics);
-    samples.add_vms(vms);
+    let mut samples = Samples::from_host(&sample.inventory, &sample.metrics);
+    samples.add_vms(&sample.vms);
+    samples.add_services(&sample.services);
+    samples.add_certificates(&sample.certificates);
     let events = engine.observe(&samples, collected_at_ms);
     for event in &events {
         match event {
@@ -152,11 +204,40 @@ pub fn judge_health(
     plan_health_records(&events, collected_at_ms)
 }
 
-/// Host sample and guest discovery of one collection (blocking).
-fn sample_box(source: &mut HostSource) -> (HostInventory, HostMetrics, Vec<DiscoveredVm>) {
-    let (inventory, metrics) = source.collect();
-    let vms = discover_vms(Path::new(PROC_ROOT), Path::new(LIBVIRT_RUN));
-    (inventory, metrics, vms)
+/// The sources one collection reads, with what they keep between collections.
+pub struct BoxSources {
+    host: HostSource,
+    services: ServiceSource,
+    own_certificate: Option<PathBuf>,
+}
+
+impl BoxSources {
+    /// Sources for a collector whose own certificate is `own_certificate` (blocking: the
+    /// host source takes a first sample).
+    #[must_use]
+    pub fn new(own_certificate: Option<PathBuf>) -> Self {
+        Self {
+            host: HostSource::new(),
+            services: ServiceSource::new(),
+            own_certificate,
+        }
+    }
+
+    /// Host sample, guest discovery, and the units and certificates `wanted` lists
+    /// (blocking).
+    pub fn sample(&mut self, wanted: &Wanted) -> BoxSample {
+        let (inventory, metrics) = self.host.collect();
+        BoxSample {
+            inventory,
+            metrics,
+            vms: discover_vms(Path::new(PROC_ROOT), Path::new(LIBVIRT_RUN)),
+            services: self.services.sample(&wanted.services),
+            certificates: sample_certificates(
+                self.own_certificate.as_deref(),
+                &wanted.certificate_paths,
+            ),
+        }
+    }
 }
 
 /// The self-metrics record of one collection, from the spool's and the uplink's counters.
@@ -178,11 +259,13 @@ pub fn agent_record(spool: &SpoolStats, uplink: &UplinkSnapshot, collected_at_ms
 
 /// The collecting task: samples every interval (the gateway may change it through
 /// `interval`), spools the records, wakes the sender. Stops between collections on
-/// shutdown.
+/// shutdown. `own_certificate` is the collector's `cert.pem`, watched for expiry.
 ///
 /// # Errors
 /// [`UplinkError::Task`] when sampling panicked.
+#[allow(clippy::too_many_arguments)] // one task, wired once in agent.rs
 pub async fn collect_loop(
+    own_certificate: Option<PathBuf>,
     spool: SharedSpool,
     health: SharedHealth,
     uplink: Arc<UplinkStats>,
@@ -190,7 +273,7 @@ pub async fn collect_loop(
     mut interval: watch::Receiver<Duration>,
     mut shutdown: Shutdown,
 ) -> Result<(), UplinkError> {
-    let mut source = tokio::task::spawn_blocking(HostSource::new)
+    let mut source = tokio::task::spawn_blocking(move || BoxSources::new(own_certificate))
         .await
         .map_err(|e| UplinkError::Task(e.to_string()))?;
     // CPU use needs two samples some time apart.
@@ -200,6 +283,7 @@ pub async fn collect_loop(
     let mut period = *interval.borrow_and_update();
     let mut ticker = new_ticker(period);
     let mut vm_tracker = VmTracker::new();
+    let mut pack_status = PackStatusTracker::new();
     // Once the config task is gone the interval can no longer change.
     let mut interval_open = true;
     loop {
@@ -219,21 +303,29 @@ pub async fn collect_loop(
             }
             () = shutdown.wait() => return Ok(()),
         }
-        let (src, (inventory, metrics, vms)) = tokio::task::spawn_blocking(move || {
-            let sample = sample_box(&mut source);
+        let wanted = health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .wanted();
+        let (src, sample) = tokio::task::spawn_blocking(move || {
+            let sample = source.sample(&wanted);
             (source, sample)
         })
         .await
         .map_err(|e| UplinkError::Task(e.to_string()))?;
         source = src;
         let at = now_ms();
-        let mut box_records = vm_tracker.plan_records(&vms, at);
+        let mut box_records = vm_tracker.plan_records(&sample.vms, at);
         {
             let mut engine = health
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            box_records.extend(judge_health(&mut engine, &inventory, &metrics, &vms, at));
+            box_records.extend(judge_health(&mut engine, &sample, at));
+            box_records.extend(pack_status.plan_record(engine.pack_status(), at));
         }
+        let BoxSample {
+            inventory, metrics, ..
+        } = sample;
         let snapshot = uplink.snapshot();
         let appended = with_spool(&spool, move |s| {
             let mut records = plan_records(inventory, metrics, at, s.known_inventory_hash());
@@ -371,10 +463,12 @@ mod tests {
     #[test]
     fn health_is_judged_and_only_changes_travel() {
         let mut engine = HealthEngine::new(crate::health::default_pack_set());
-        let inventory = inv("box");
-        let metrics = HostMetrics::default();
-        let vms = [vm("guest", "u-g", 1)];
-        let first = judge_health(&mut engine, &inventory, &metrics, &vms, 1);
+        let sample = BoxSample {
+            inventory: inv("box"),
+            vms: vec![vm("guest", "u-g", 1)],
+            ..BoxSample::default()
+        };
+        let first = judge_health(&mut engine, &sample, 1);
         assert!(
             first
                 .iter()
@@ -385,20 +479,49 @@ mod tests {
         // The same box again: at most the monitors whose windows filled change.
         let mut quiet = false;
         for at in 2..10 {
-            if judge_health(&mut engine, &inventory, &metrics, &vms, at).is_empty() {
+            if judge_health(&mut engine, &sample, at).is_empty() {
                 quiet = true;
                 break;
             }
         }
         assert!(quiet, "an unchanged box settles and sends nothing");
         // The guest goes: its object is removed.
-        let gone = judge_health(&mut engine, &inventory, &metrics, &[], 20);
+        let gone = judge_health(
+            &mut engine,
+            &BoxSample {
+                vms: Vec::new(),
+                ..sample.clone()
+            },
+            20,
+        );
         assert!(
             gone.iter()
                 .any(|r| matches!(r, Record::Health { removed, .. }
                 if removed.iter().any(|o| o == "vm/guest"))),
             "{gone:?}"
         );
+    }
+
+    #[test]
+    fn pack_status_travels_once_per_change() {
+        let mut t = PackStatusTracker::new();
+        let engine = HealthEngine::new(crate::health::default_pack_set());
+        let first = t.plan_record(engine.pack_status(), 1);
+        assert!(
+            matches!(&first, Some(Record::PackStatus { status, .. }) if status.applied && status.etag.is_none()),
+            "{first:?}"
+        );
+        assert!(t.plan_record(engine.pack_status(), 2).is_none());
+        let refused = PackStatus {
+            etag: Some("\"e2\"".into()),
+            packs: vec!["t.bad".into()],
+            applied: false,
+            error: Some("gateway:t.bad:7: unknown monitor type".into()),
+            conflicts: Vec::new(),
+        };
+        let r = t.plan_record(refused.clone(), 3);
+        assert!(matches!(r, Some(Record::PackStatus { status, .. }) if status == refused));
+        assert!(t.plan_record(refused, 4).is_none());
     }
 
     #[test]

@@ -8,10 +8,17 @@
 //! and only when all of them are valid: an invalid set is logged with every problem's
 //! file (`gateway:PACK`), line and reason, and the last good set stays in force. The
 //! engine keeps its history (states, windows, open alerts) across the switch.
+//!
+//! Either way the outcome is noted in the engine ([`HealthEngine::note_delivery`]: the
+//! document's ETag, the pack names, applied or refused with every problem), and the
+//! collecting task reports it to the gateway as a `pack_status` record.
+//!
+//! [`HealthEngine::note_delivery`]: outpost_health::HealthEngine::note_delivery
 
 use std::time::{Duration, Instant};
 
 use outpost_health::{pack_set_with_default, parse_pack, PackErrors, PackSet};
+use outpost_proto::health::PackStatus;
 use outpost_proto::{paths, CollectorConfigDoc, DurationError, PackDoc};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -148,7 +155,7 @@ pub async fn config_loop(
             Fetch::Changed { doc, etag: tag } => {
                 ring.on_success(Instant::now());
                 debug!(gateway = %gateway, packs = doc.packs.len(), "config document received");
-                apply_packs(&doc.packs, &mut applied_packs, &health);
+                apply_packs(&doc.packs, &mut applied_packs, &health, tag.as_deref());
                 match effective_interval(&doc, local) {
                     Ok(next) => {
                         let current = *interval.borrow();
@@ -192,16 +199,52 @@ pub async fn config_loop(
     }
 }
 
-/// Applies delivered packs when they changed and are valid; logs why otherwise.
-fn apply_packs(delivered: &[PackDoc], applied: &mut Vec<PackDoc>, health: &SharedHealth) {
+/// The most bytes of refusal reasons reported to the gateway.
+pub const MAX_REFUSAL_REPORT: usize = 16 * 1024;
+
+/// Cuts `text` to at most `max` bytes on a character boundary, saying so.
+fn truncate_report(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("\n… (cut)");
+    }
+    text
+}
+
+/// Applies delivered packs when they changed and are valid; logs why otherwise. The
+/// outcome (and `etag`) is noted in the engine for the `pack_status` record.
+fn apply_packs(
+    delivered: &[PackDoc],
+    applied: &mut Vec<PackDoc>,
+    health: &SharedHealth,
+    etag: Option<&str>,
+) {
+    let names: Vec<String> = delivered.iter().map(|p| p.name.clone()).collect();
+    let mut engine = health
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match plan_packs(delivered, applied) {
-        PackUpdate::Unchanged => {}
+        PackUpdate::Unchanged => {
+            // Same packs (another part of the document changed): same outcome, new ETag.
+            let status = engine.pack_status();
+            engine.note_delivery(PackStatus {
+                etag: etag.map(str::to_string),
+                ..status
+            });
+        }
         PackUpdate::Apply(set) => {
-            let names: Vec<&str> = delivered.iter().map(|p| p.name.as_str()).collect();
-            health
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .set_packs(set);
+            engine.set_packs(set);
+            engine.note_delivery(PackStatus {
+                etag: etag.map(str::to_string),
+                packs: names.clone(),
+                applied: true,
+                error: None,
+                conflicts: Vec::new(),
+            });
             info!(packs = %names.join(","), "health packs from the gateway applied");
             *applied = delivered.to_vec();
         }
@@ -209,6 +252,13 @@ fn apply_packs(delivered: &[PackDoc], applied: &mut Vec<PackDoc>, health: &Share
             // Remember them as seen, so the same bad set is not re-checked (and re-logged)
             // every poll; the packs in force stay.
             error!("health packs from the gateway refused, keeping the last good ones:\n{errors}");
+            engine.note_delivery(PackStatus {
+                etag: etag.map(str::to_string),
+                packs: names,
+                applied: false,
+                error: Some(truncate_report(errors.to_string(), MAX_REFUSAL_REPORT)),
+                conflicts: Vec::new(),
+            });
             *applied = delivered.to_vec();
         }
     }
@@ -247,6 +297,32 @@ version = "1"
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn refusal_is_noted_for_the_gateway_and_the_last_good_set_kept() {
+        let health: SharedHealth = std::sync::Arc::new(std::sync::Mutex::new(
+            outpost_health::HealthEngine::new(outpost_health::default_pack_set()),
+        ));
+        let mut applied = Vec::new();
+        let good = [doc("t.good", GOOD)];
+        apply_packs(&good, &mut applied, &health, Some("\"v1\""));
+        let st = health.lock().unwrap().pack_status();
+        assert!(st.applied, "{st:?}");
+        assert_eq!(st.etag.as_deref(), Some("\"v1\""));
+        assert_eq!(st.packs, ["t.good"]);
+        let bad = [doc("t.bad", "[pack]\nname = \"t.bad\"\nversion = \"1\"\n\n[[monitor]]\nid = \"m\"\nclass = \"host\"\ntype = \"bogus\"\n")];
+        apply_packs(&bad, &mut applied, &health, Some("\"v2\""));
+        let engine = health.lock().unwrap();
+        let st = engine.pack_status();
+        assert!(!st.applied);
+        assert_eq!(st.etag.as_deref(), Some("\"v2\""));
+        let why = st.error.unwrap();
+        assert!(why.starts_with("gateway:t.bad:8:"), "{why}");
+        assert!(why.contains("bogus"), "{why}");
+        // The last good set is still in force.
+        assert!(engine.packs().nodes().iter().all(|n| n.id != "m"));
+        assert_eq!(truncate_report("ééé".into(), 3), "é\n… (cut)");
     }
 
     #[test]

@@ -17,6 +17,21 @@ use super::overrides::{conflict, resolve, OverrideConflict, OverrideRank, Specif
 use super::packset::{NodeKind, PackSet, HEALTH};
 use super::samples::{Class, ObjectKey, ObjectSample, Samples};
 use super::state::{worst_of, HealthState};
+use outpost_proto::health::PackStatus;
+
+/// One line for a conflict: `TARGET on OBJECT: PARAM = VALUE from WINNER over LOSERS`.
+#[must_use]
+pub fn describe_conflict(c: &OverrideConflict) -> String {
+    format!(
+        "{} on {}: {} = {} from {} over {}",
+        c.target,
+        c.object,
+        c.param,
+        c.value,
+        c.chosen,
+        c.over.join(", ")
+    )
+}
 
 /// An open (or just resolved) alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +162,18 @@ pub struct HealthTree {
     pub objects: Vec<ObjectHealth>,
 }
 
+impl HealthTree {
+    /// The state of `monitor` on `object`, if the tree has both.
+    #[must_use]
+    pub fn monitor_state(&self, object: &ObjectKey, monitor: &str) -> Option<HealthState> {
+        self.objects
+            .iter()
+            .find(|o| &o.object == object)
+            .and_then(|o| o.monitors.iter().find(|m| m.id == monitor))
+            .map(|m| m.state)
+    }
+}
+
 /// What the sources should read for the packs in force.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Wanted {
@@ -167,6 +194,7 @@ pub struct HealthEngine {
     conflicts: Vec<OverrideConflict>,
     collected: Vec<CollectedValue>,
     rounds: u64,
+    delivery: PackStatus,
 }
 
 impl HealthEngine {
@@ -180,6 +208,10 @@ impl HealthEngine {
             states: BTreeMap::new(),
             alerts: BTreeMap::new(),
             conflicts: Vec::new(),
+            delivery: PackStatus {
+                applied: true,
+                ..PackStatus::default()
+            },
             collected: Vec::new(),
             rounds: 0,
         }
@@ -233,6 +265,25 @@ impl HealthEngine {
     #[must_use]
     pub fn open_alerts(&self) -> Vec<Alert> {
         self.alerts.values().cloned().collect()
+    }
+
+    /// Records what the gateway delivered last and whether it is in force (its `conflicts`
+    /// are ignored: they are the engine's own, see [`Self::pack_status`]).
+    pub fn note_delivery(&mut self, delivery: PackStatus) {
+        self.delivery = PackStatus {
+            conflicts: Vec::new(),
+            ..delivery
+        };
+    }
+
+    /// The last delivery ([`Self::note_delivery`]; before any, the built-in pack applied)
+    /// with the override conflicts of the last round, one line each.
+    #[must_use]
+    pub fn pack_status(&self) -> PackStatus {
+        PackStatus {
+            conflicts: self.conflicts.iter().map(describe_conflict).collect(),
+            ..self.delivery.clone()
+        }
     }
 
     /// Override conflicts found in the last round.

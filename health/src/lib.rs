@@ -49,9 +49,9 @@
 //!
 //! * The containment tree is flat: every object belongs to the host. Dependency rollups
 //!   between other classes (a VM's disks) need sources that report such parents.
-//! * The collector has no systemd or certificate source yet; service and certificate
-//!   monitors judge what [`Samples::add_services`] and [`Samples::add_certificates`] are
-//!   given.
+//! * The engine does no I/O: service and certificate monitors judge what the collector's
+//!   sources give [`Samples::add_services`] and [`Samples::add_certificates`]; an object
+//!   whose state could not be read carries an `error` label and its monitors are Unknown.
 //! * Rate monitors keep one previous value per object in memory; after a restart the first
 //!   sample only primes the rate.
 //! * Alerts resolve when their monitor is Healthy again (or switched off, or the object

@@ -121,8 +121,8 @@ pub fn label_names(class: Class) -> &'static [&'static str] {
         Class::Disk => &["kind", "removable"],
         Class::Filesystem => &["fs_type", "device", "read_only"],
         Class::Nic => &["mac"],
-        Class::Service => &["load_state", "active_state", "sub_state"],
-        Class::Certificate => &["path", "subject"],
+        Class::Service => &["load_state", "active_state", "sub_state", "error"],
+        Class::Certificate => &["path", "subject", "error"],
     }
 }
 
@@ -208,16 +208,37 @@ impl ObjectSample {
 }
 
 /// The state of a systemd unit, as `systemctl show -p LoadState,ActiveState,SubState` says.
+///
+/// When the state could not be read (no systemd, `systemctl` failed), `load_state` is
+/// `unknown`, `active_state` and `sub_state` are empty (not sampled, so the unit's monitors
+/// are Unknown) and `error` says why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     /// Unit name, `ssh.service`.
     pub unit: String,
-    /// `loaded`, `not-found`, `masked`, …
+    /// `loaded`, `not-found`, `masked`, … (`unknown` when it could not be read)
     pub load_state: String,
-    /// `active`, `inactive`, `failed`, `activating`, …
+    /// `active`, `inactive`, `failed`, `activating`, … (empty: not known)
     pub active_state: String,
-    /// `running`, `exited`, `dead`, …
+    /// `running`, `exited`, `dead`, … (empty: not known)
     pub sub_state: String,
+    /// Why the state is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ServiceStatus {
+    /// A unit whose state could not be read, and why.
+    #[must_use]
+    pub fn unknown(unit: impl Into<String>, error: impl Into<String>) -> Self {
+        Self {
+            unit: unit.into(),
+            load_state: "unknown".into(),
+            active_state: String::new(),
+            sub_state: String::new(),
+            error: Some(error.into()),
+        }
+    }
 }
 
 /// A certificate the box holds.
@@ -227,10 +248,14 @@ pub struct CertificateStatus {
     pub id: String,
     /// Where it lives.
     pub path: String,
-    /// Subject, for display.
+    /// Subject, for display (empty when the file could not be read).
     pub subject: String,
-    /// `notAfter`, unix milliseconds.
-    pub not_after_ms: i64,
+    /// `notAfter`, unix milliseconds; `None` when the file could not be read or parsed (its
+    /// monitors are then Unknown).
+    pub not_after_ms: Option<i64>,
+    /// Why the certificate could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Everything observed in one round.
@@ -376,11 +401,20 @@ impl Samples {
     /// Adds systemd units (children of the host).
     pub fn add_services(&mut self, services: &[ServiceStatus]) {
         for svc in services {
-            let s = self
+            let mut s = self
                 .child(ObjectKey::new(Class::Service, &svc.unit))
-                .label("load_state", &svc.load_state)
-                .label("active_state", &svc.active_state)
-                .label("sub_state", &svc.sub_state);
+                .label("load_state", &svc.load_state);
+            for (name, v) in [
+                ("active_state", &svc.active_state),
+                ("sub_state", &svc.sub_state),
+            ] {
+                if !v.is_empty() {
+                    s = s.label(name, v);
+                }
+            }
+            if let Some(e) = &svc.error {
+                s = s.label("error", e);
+            }
             self.push(s);
         }
     }
@@ -388,12 +422,18 @@ impl Samples {
     /// Adds certificates (children of the host).
     pub fn add_certificates(&mut self, certificates: &[CertificateStatus]) {
         for cert in certificates {
-            #[allow(clippy::cast_precision_loss)] // milliseconds until year 287,000 are exact
-            let s = self
+            let mut s = self
                 .child(ObjectKey::new(Class::Certificate, &cert.id))
                 .label("path", &cert.path)
-                .label("subject", &cert.subject)
-                .value("expires_at_ms", cert.not_after_ms as f64);
+                .label("subject", &cert.subject);
+            if let Some(at) = cert.not_after_ms {
+                #[allow(clippy::cast_precision_loss)] // milliseconds until year 287,000 are exact
+                let at = at as f64;
+                s = s.value("expires_at_ms", at);
+            }
+            if let Some(e) = &cert.error {
+                s = s.label("error", e);
+            }
             self.push(s);
         }
     }

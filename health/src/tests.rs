@@ -187,6 +187,7 @@ fn an_unchanged_round_sends_nothing() {
             load_state: "loaded".into(),
             active_state: "active".into(),
             sub_state: "running".into(),
+            error: None,
         }]);
         s
     };
@@ -387,6 +388,14 @@ fn overrides_follow_precedence_and_report_conflicts() {
     assert_eq!(conflicts[0].object.id, "/prod-big");
     assert_eq!(conflicts[0].chosen, "t.local/big");
     assert_eq!(conflicts[0].over, ["t.local/prod=50"]);
+    // The pack status the collector reports carries the conflict as one line.
+    let reported = engine.pack_status().conflicts;
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert!(
+        reported[0].starts_with("filesystem.free on filesystem//prod-big: warning = ")
+            && reported[0].contains("from t.local/big over t.local/prod=50"),
+        "{reported:?}"
+    );
     assert!(events.iter().any(
         |e| matches!(e, HealthEvent::OverrideConflicts { conflicts } if conflicts.len() == 1)
     ));
@@ -572,7 +581,8 @@ fn certificate_expiry_counts_days_from_now() {
         id: "outpost-collector".into(),
         path: "/var/lib/outpost-collector/cert.pem".into(),
         subject: "CN=box1".into(),
-        not_after_ms: now + 10 * day,
+        not_after_ms: Some(now + 10 * day),
+        error: None,
     }]);
     let ev = engine.observe(&s, now);
     assert_eq!(changes(&ev, "certificate.expiry"), [(None, Warning)]);

@@ -84,3 +84,26 @@ pub struct AlertEvent {
 pub fn alert_id(rule: &str, object: &str, raised_at_ms: i64) -> String {
     format!("{rule}@{object}@{raised_at_ms}")
 }
+
+/// Whether the collector applied the health packs the gateway delivered, and the override
+/// conflicts its engine reported; sent when either changes (and once after every start).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackStatus {
+    /// The ETag of the config document the packs came with; `None` before any delivery
+    /// (the built-in pack alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Names of the delivered packs (the built-in one is always there besides them).
+    #[serde(default)]
+    pub packs: Vec<String>,
+    /// Whether they are in force. When `false` the last good set stays in force.
+    pub applied: bool,
+    /// Why they were refused: every problem as `FILE:LINE: reason`, one per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Override ties broken deterministically, one line each
+    /// (`TARGET on OBJECT: PARAM = VALUE from PACK/OVERRIDE over PACK/OVERRIDE=VALUE`).
+    #[serde(default)]
+    pub conflicts: Vec<String>,
+}

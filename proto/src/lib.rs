@@ -228,6 +228,14 @@ pub enum Record {
         /// The event.
         alert: AlertEvent,
     },
+    /// Whether the delivered health packs are in force, and the override conflicts; sent
+    /// when it changes.
+    PackStatus {
+        /// Collection time, unix milliseconds.
+        collected_at_ms: i64,
+        /// The status.
+        status: health::PackStatus,
+    },
 }
 
 impl Record {
@@ -242,6 +250,7 @@ impl Record {
             Self::VmMetrics { .. } => "vm_metrics",
             Self::Health { .. } => "health",
             Self::Alert { .. } => "alert",
+            Self::PackStatus { .. } => "pack_status",
         }
     }
 
@@ -268,6 +277,9 @@ impl Record {
                 collected_at_ms, ..
             }
             | Self::Alert {
+                collected_at_ms, ..
+            }
+            | Self::PackStatus {
                 collected_at_ms, ..
             } => *collected_at_ms,
         }

@@ -58,12 +58,12 @@ fn open_alerts(v: &Value) -> Vec<Value> {
     v["open_alerts"].as_array().cloned().unwrap_or_default()
 }
 
-/// The state of `monitor` on the host object of the health tree.
-fn host_monitor(v: &Value, monitor: &str) -> Option<String> {
+/// The state of `monitor` on the first object of the health tree that `which` picks.
+fn monitor_where(v: &Value, which: impl Fn(&Value) -> bool, monitor: &str) -> Option<String> {
     v["health"]
         .as_array()?
         .iter()
-        .find(|o| o["class"] == "host")
+        .find(|o| which(o))
         .and_then(|o| {
             o["monitors"]
                 .as_array()?
@@ -71,6 +71,16 @@ fn host_monitor(v: &Value, monitor: &str) -> Option<String> {
                 .find(|m| m["monitor"] == monitor)
                 .and_then(|m| m["state"].as_str().map(str::to_string))
         })
+}
+
+/// The state of `monitor` on the host object of the health tree.
+fn host_monitor(v: &Value, monitor: &str) -> Option<String> {
+    monitor_where(v, |o| o["class"] == "host", monitor)
+}
+
+/// The state of `monitor` on `object` (`CLASS/ID`) in the health tree.
+fn object_monitor(v: &Value, object: &str, monitor: &str) -> Option<String> {
+    monitor_where(v, |o| o["object"] == object, monitor)
 }
 
 fn start_collector(
@@ -107,6 +117,9 @@ fn a_threshold_crossed_raises_an_alert_at_the_gateway_and_it_resolves() -> anyho
     );
 
     let (_col, id) = start_collector(&wd, &gw, "acme-health")?;
+    wait_show(&gw, &id, "the packs applied", COLLECTOR_TIMEOUT, |v| {
+        v["packs"]["applied"] == true && v["packs"]["packs"][0] == "e2e.uptime"
+    })?;
     let raised = wait_show(
         &gw,
         &id,
@@ -177,6 +190,45 @@ fn a_threshold_crossed_raises_an_alert_at_the_gateway_and_it_resolves() -> anyho
         "--json",
     ])?)?;
     assert!(records.as_array().map_or(0, Vec::len) >= 2, "{records}");
+    // History: `alerts` lists only open ones, `--all` the resolved one with both times;
+    // `health-history` has the monitor's changes with timestamps.
+    let open: Value =
+        serde_json::from_str(&gw.cli_ok(&["appliances", "alerts", &id, "--json"])?)?;
+    assert!(
+        open.as_array()
+            .is_some_and(|a| a.iter().all(|a| a["rule"] != "e2e.alert.uptime")),
+        "{open}"
+    );
+    let all: Value =
+        serde_json::from_str(&gw.cli_ok(&["appliances", "alerts", &id, "--all", "--json"])?)?;
+    let gone = all
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["rule"] == "e2e.alert.uptime"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert!(gone["raised_at"].is_string(), "{all}");
+    assert!(gone["resolved_at"].is_string(), "{all}");
+    assert_eq!(gone["resolve_reason"], "healthy", "{all}");
+    let text = gw.cli_ok(&["appliances", "alerts", &id, "--all"])?;
+    assert!(text.contains("has been up too long"), "{text}");
+    let history: Value =
+        serde_json::from_str(&gw.cli_ok(&["appliances", "health-history", &id, "--json"])?)?;
+    let uptime: Vec<(String, String)> = history
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|c| c["monitor"] == "e2e.uptime")
+                .map(|c| {
+                    assert!(c["at"].is_string(), "{c}");
+                    (c["from"].to_string(), c["to"].to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        uptime.contains(&("\"critical\"".into(), "\"healthy\"".into())),
+        "{history}"
+    );
     Ok(())
 }
 
@@ -443,5 +495,156 @@ fn a_pack_set_the_collector_cannot_apply_is_refused_and_the_last_good_one_kept(
         Some("critical"),
         "{v}"
     );
+    // The refusal and its reason reach the gateway as the appliance's pack status.
+    let v = wait_show(
+        &gw,
+        &id,
+        "the refusal at the gateway",
+        COLLECTOR_TIMEOUT,
+        |v| v["packs"]["applied"] == false,
+    )?;
+    let why = v["packs"]["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("gateway:e2e.clash:") && why.contains("is already defined"),
+        "{v}"
+    );
+    let packs = &v["packs"]["packs"];
+    assert!(
+        packs.as_array().is_some_and(|p| p.len() == 2),
+        "both delivered packs named: {v}"
+    );
+    let text = gw.cli_ok(&["appliances", "show", &id])?;
+    assert!(
+        text.contains("Packs: refused: gateway:e2e.") && text.contains("is already defined"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// A self-signed certificate for `cn` that expires `days` from now.
+fn short_lived_cert(cn: &str, days: u64) -> anyhow::Result<String> {
+    let mut params = rcgen::CertificateParams::new(vec![cn.to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after =
+        (std::time::SystemTime::now() + std::time::Duration::from_secs(days * 86_400)).into();
+    let key = rcgen::KeyPair::generate()?;
+    Ok(params.self_signed(&key)?.pem())
+}
+
+#[test]
+fn a_certificate_about_to_expire_and_a_listed_service_are_judged_on_the_box() -> anyhow::Result<()>
+{
+    let wd = Workdir::new("health-sources")?;
+    let gw = Gateway::start_new(&wd.subdir("gw")?)?;
+    let certs = wd.subdir("certs")?;
+    let short = write(&certs, "short.pem", &short_lived_cert("short.example", 2)?)?;
+    let garbage = write(&certs, "garbage.pem", "not a certificate\n")?;
+    let pack = format!(
+        r#"[pack]
+name = "e2e.sources"
+version = "1"
+
+[[discovery]]
+id = "e2e.certificates"
+class = "certificate"
+paths = [{short:?}, {garbage:?}]
+
+[[discovery]]
+id = "e2e.services"
+class = "service"
+units = ["outpost-e2e-absent.service"]
+"#
+    );
+    let packs = wd.subdir("packs")?;
+    let file = write(&packs, "sources.toml", &pack)?;
+    gw.cli_ok(&["packs", "import", &file])?;
+    gw.cli_ok(&[
+        "packs",
+        "assign",
+        "e2e.sources",
+        "--customer",
+        "acme-sources",
+    ])?;
+    let (col, id) = start_collector(&wd, &gw, "acme-sources")?;
+
+    // Two days left: critical, and the built-in pack's expiry alert reaches the gateway.
+    let short_object = format!("certificate/{short}");
+    let v = wait_show(
+        &gw,
+        &id,
+        "the certificate expiry alert",
+        COLLECTOR_TIMEOUT,
+        |v| {
+            open_alerts(v).iter().any(|a| {
+                a["rule"] == "alert.certificate.expiry" && a["object"] == short_object.as_str()
+            })
+        },
+    )?;
+    let alert = open_alerts(&v)
+        .into_iter()
+        .find(|a| a["object"] == short_object.as_str())
+        .unwrap_or(Value::Null);
+    assert_eq!(alert["severity"], "critical", "{alert}");
+    assert_eq!(
+        object_monitor(&v, &short_object, "certificate.expiry").as_deref(),
+        Some("critical"),
+        "{v}"
+    );
+    // A file that is no certificate is an object in Unknown, not a crash.
+    let garbage_object = format!("certificate/{garbage}");
+    let v = wait_show(
+        &gw,
+        &id,
+        "the unreadable certificate unknown",
+        COLLECTOR_TIMEOUT,
+        |v| {
+            object_monitor(v, &garbage_object, "certificate.expiry").as_deref() == Some("unknown")
+                && object_monitor(v, "certificate/outpost-collector", "certificate.expiry")
+                    .is_some()
+        },
+    )?;
+    // The collector's own certificate is watched too (the built-in pack).
+    let own = object_monitor(&v, "certificate/outpost-collector", "certificate.expiry");
+    assert!(
+        matches!(own.as_deref(), Some("healthy" | "warning" | "critical")),
+        "{v}"
+    );
+
+    // The listed unit: judged from systemd where it runs, Unknown with the reason otherwise.
+    let unit = "service/outpost-e2e-absent.service";
+    if Path::new("/run/systemd/system").is_dir() {
+        let v = wait_show(&gw, &id, "the absent unit judged", COLLECTOR_TIMEOUT, |v| {
+            object_monitor(v, unit, "service.active").as_deref() == Some("critical")
+        })?;
+        assert!(
+            open_alerts(&v)
+                .iter()
+                .any(|a| a["rule"] == "alert.service.active" && a["object"] == unit),
+            "{v}"
+        );
+    } else {
+        wait_show(
+            &gw,
+            &id,
+            "the unit unknown without systemd",
+            COLLECTOR_TIMEOUT,
+            |v| object_monitor(v, unit, "service.active").as_deref() == Some("unknown"),
+        )?;
+        let log = std::fs::read_to_string(col.log_path())?;
+        assert_eq!(
+            log.matches("service states unknown: systemd is not the running init")
+                .count(),
+            1,
+            "logged once, not every interval:\n{log}"
+        );
+        eprintln!(
+            "SKIP: systemd is not the running init here (/run/systemd/system is missing): \
+             checked that the unit is Unknown with the reason logged once; real unit states \
+             are checked only where systemd runs"
+        );
+    }
     Ok(())
 }

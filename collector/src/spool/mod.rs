@@ -166,7 +166,8 @@ impl Class {
             Record::Inventory { .. }
             | Record::VmInventory { .. }
             | Record::Health { .. }
-            | Record::Alert { .. } => Self::Changes,
+            | Record::Alert { .. }
+            | Record::PackStatus { .. } => Self::Changes,
             Record::Metrics { .. } | Record::Agent { .. } | Record::VmMetrics { .. } => {
                 Self::Samples
             }

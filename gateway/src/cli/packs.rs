@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use outpost_gateway::store::{now_ms, PackScope};
+use outpost_gateway::store::{now_ms, PackScope, PackStatusRow};
 use serde_json::{json, Value};
 
 use super::{open, rfc3339, runtime, CliError, ConfigArg};
@@ -157,5 +157,113 @@ pub fn run(c: PacksCmd) -> Result<(), CliError> {
                 Ok(())
             })
         }
+    }
+}
+
+/// The pack status an appliance reported, for `appliances show --json` (`null` before its
+/// first report).
+#[must_use]
+pub fn pack_status_json(row: Option<&PackStatusRow>) -> Value {
+    row.map_or(Value::Null, |r| {
+        json!({
+            "etag": r.status.etag,
+            "packs": r.status.packs,
+            "applied": r.status.applied,
+            "error": r.status.error,
+            "conflicts": r.status.conflicts,
+            "reported_at": rfc3339(r.reported_at),
+        })
+    })
+}
+
+/// One line for `appliances show`: `applied ETAG` or `refused: REASON`, then one line per
+/// override conflict.
+#[must_use]
+pub fn pack_status_lines(v: &Value) -> Vec<String> {
+    if v.is_null() {
+        return vec!["Packs: (no status reported yet)".to_string()];
+    }
+    let etag = v["etag"].as_str().unwrap_or("(built-in only)");
+    let packs: Vec<&str> = v["packs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let names = if packs.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", packs.join(", "))
+    };
+    let mut out = Vec::new();
+    if v["applied"].as_bool().unwrap_or(false) {
+        out.push(format!("Packs: applied {etag}{names}"));
+    } else {
+        let why = v["error"].as_str().unwrap_or("(no reason given)");
+        let mut lines = why.lines();
+        out.push(format!(
+            "Packs: refused: {} (delivered {etag}{names}; the last good packs stay in force)",
+            lines.next().unwrap_or("")
+        ));
+        out.extend(lines.map(|l| format!("  {l}")));
+    }
+    let conflicts = v["conflicts"].as_array().map_or(&[][..], Vec::as_slice);
+    if !conflicts.is_empty() {
+        out.push(format!("Override conflicts: {}", conflicts.len()));
+        out.extend(
+            conflicts
+                .iter()
+                .map(|c| format!("  {}", c.as_str().unwrap_or(""))),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_proto::health::PackStatus;
+
+    #[test]
+    fn pack_status_prints_applied_refused_and_conflicts() {
+        assert_eq!(
+            pack_status_lines(&pack_status_json(None)),
+            ["Packs: (no status reported yet)"]
+        );
+        let row = PackStatusRow {
+            status: PackStatus {
+                etag: Some("\"e1\"".into()),
+                packs: vec!["acme.lab".into()],
+                applied: true,
+                error: None,
+                conflicts: vec![
+                    "fs.free on filesystem//data: warning = 30 from a/x over a/y=50".into(),
+                ],
+            },
+            reported_at: 0,
+        };
+        let lines = pack_status_lines(&pack_status_json(Some(&row)));
+        assert_eq!(
+            lines,
+            [
+                "Packs: applied \"e1\" [acme.lab]",
+                "Override conflicts: 1",
+                "  fs.free on filesystem//data: warning = 30 from a/x over a/y=50",
+            ]
+        );
+        let refused = PackStatusRow {
+            status: PackStatus {
+                applied: false,
+                error: Some("gateway:b:3: first\ngateway:b:9: second".into()),
+                conflicts: Vec::new(),
+                ..row.status
+            },
+            reported_at: 0,
+        };
+        let lines = pack_status_lines(&pack_status_json(Some(&refused)));
+        assert!(
+            lines[0].starts_with("Packs: refused: gateway:b:3: first (delivered \"e1\""),
+            "{lines:?}"
+        );
+        assert_eq!(lines[1], "  gateway:b:9: second");
+        assert_eq!(lines.len(), 2);
     }
 }

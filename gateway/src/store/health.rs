@@ -6,7 +6,11 @@
 //! changes and removes; a health change sets a monitor's state and is kept as history; an
 //! alert is opened when raised, its severity raised when escalated, closed when resolved
 //! (a resolution whose raise was lost to the box's spool cap is stored closed).
+//!
+//! Records of kind `pack_status` (migration 0005) keep the latest word per appliance on
+//! whether its delivered packs are in force, why not, and its override conflicts.
 
+use outpost_proto::health::PackStatus;
 use outpost_proto::vm::VmInventory;
 use outpost_proto::{AlertStatus, Record};
 use sqlx::{AnyConnection, Row};
@@ -67,6 +71,30 @@ pub struct AlertRow {
     pub resolved_at: Option<Millis>,
     /// Why it resolved.
     pub resolve_reason: Option<String>,
+}
+
+/// One state change, as history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChangeRow {
+    /// `CLASS/ID`.
+    pub object: String,
+    /// Monitor id, or `health` for the object's rolled-up state.
+    pub monitor: String,
+    /// The state before; `None` when the object or monitor was new.
+    pub from: Option<String>,
+    /// The state after.
+    pub to: String,
+    /// When, unix ms.
+    pub at: Millis,
+}
+
+/// The latest pack status an appliance reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackStatusRow {
+    /// What the box said.
+    pub status: PackStatus,
+    /// Its collection time, unix ms.
+    pub reported_at: Millis,
 }
 
 fn vm_json(vm: &VmInventory) -> String {
@@ -211,6 +239,32 @@ pub(super) async fn apply_record(
             .await
             .map_err(q("store alert"))?;
         }
+        Record::PackStatus {
+            collected_at_ms,
+            status,
+        } => {
+            sqlx::query(
+                "INSERT INTO pack_status (appliance_id, etag, packs_json, applied, error,
+                                          conflicts_json, reported_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (appliance_id) DO UPDATE
+                 SET etag = excluded.etag, packs_json = excluded.packs_json,
+                     applied = excluded.applied, error = excluded.error,
+                     conflicts_json = excluded.conflicts_json,
+                     reported_at = excluded.reported_at
+                 WHERE excluded.reported_at >= pack_status.reported_at",
+            )
+            .bind(appliance_id)
+            .bind(status.etag.clone())
+            .bind(serde_json::to_string(&status.packs).unwrap_or_default())
+            .bind(i64::from(status.applied))
+            .bind(status.error.clone())
+            .bind(serde_json::to_string(&status.conflicts).unwrap_or_default())
+            .bind(*collected_at_ms)
+            .execute(&mut *conn)
+            .await
+            .map_err(q("store pack status"))?;
+        }
         Record::Inventory { .. } | Record::Metrics { .. } | Record::Agent { .. } => {}
     }
     Ok(())
@@ -282,6 +336,71 @@ impl Store {
             .await
             .map_err(q("count health changes"))?;
         Ok(r.get(0))
+    }
+
+    /// The appliance's health state changes, oldest first; at most `limit` (the newest).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn health_changes(
+        &self,
+        appliance_id: &str,
+        limit: i64,
+    ) -> Result<Vec<HealthChangeRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT object, monitor, from_state, to_state, at FROM health_changes
+             WHERE appliance_id = $1 ORDER BY at DESC, object DESC, monitor DESC LIMIT $2",
+        )
+        .bind(appliance_id)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await
+        .map_err(q("list health changes"))?;
+        let mut out: Vec<HealthChangeRow> = rows
+            .iter()
+            .map(|r| HealthChangeRow {
+                object: r.get(0),
+                monitor: r.get(1),
+                from: r.get(2),
+                to: r.get(3),
+                at: r.get(4),
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The latest pack status the appliance reported, if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn pack_status(
+        &self,
+        appliance_id: &str,
+    ) -> Result<Option<PackStatusRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT etag, packs_json, applied, error, conflicts_json, reported_at
+             FROM pack_status WHERE appliance_id = $1",
+        )
+        .bind(appliance_id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(q("read pack status"))?;
+        Ok(row.map(|r| {
+            let packs: String = r.get(1);
+            let conflicts: String = r.get(4);
+            let applied: i64 = r.get(2);
+            PackStatusRow {
+                status: PackStatus {
+                    etag: r.get(0),
+                    packs: serde_json::from_str(&packs).unwrap_or_default(),
+                    applied: applied != 0,
+                    error: r.get(3),
+                    conflicts: serde_json::from_str(&conflicts).unwrap_or_default(),
+                },
+                reported_at: r.get(5),
+            }
+        }))
     }
 
     /// The appliance's alerts, newest raise first: only open ones with `open_only`.
