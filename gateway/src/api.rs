@@ -15,6 +15,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use outpost_proto::update::{UpdateState, AGENT_COLLECTOR, AGENT_UPDATER};
 use outpost_proto::{
     paths, ApplianceState, CollectorConfigDoc, Command, CommandList, CommandResult, EnrollRequest,
     EnrollResponse, ErrorBody, IngestAck, IngestBatch, MAX_LONG_POLL_SECS, MAX_RECORDS_PER_BATCH,
@@ -178,6 +179,11 @@ pub fn router(state: AppState) -> Router {
         .route(paths::COMMANDS, get(commands))
         .route(paths::COMMAND_RESULT, post(command_result))
         .route(paths::CONFIG, get(config))
+        .route(
+            &format!("{}/{{*path}}", paths::FEED),
+            get(crate::feed::get_feed),
+        )
+        .route(paths::UPDATE_STATE, post(update_state))
         .fallback(fallback)
         .with_state(state)
 }
@@ -377,7 +383,13 @@ pub async fn approve_with(
             now_ms(),
         )
         .await
-        .map_err(ApproveError::Store)
+        .map_err(ApproveError::Store)?;
+    // The maintenance window of its customer (or its own) reaches it on its first poll.
+    store
+        .queue_window_on_approval(id, now_ms())
+        .await
+        .map_err(ApproveError::Store)?;
+    Ok(())
 }
 
 /// Why an approval failed.
@@ -603,6 +615,8 @@ fn check_record_ids(batch: &IngestBatch) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize)]
 struct WaitQuery {
     wait: Option<String>,
+    /// `collector` (default) or `updater`: whose queue to poll.
+    agent: Option<String>,
 }
 
 async fn commands(
@@ -616,6 +630,17 @@ async fn commands(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_wait", e.to_string()))?
             .min(Duration::from_secs(MAX_LONG_POLL_SECS)),
     };
+    let agent = match q.agent.as_deref() {
+        None | Some(AGENT_COLLECTOR) => AGENT_COLLECTOR,
+        Some(AGENT_UPDATER) => AGENT_UPDATER,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_agent",
+                format!("agent {other:?} is not one of {AGENT_COLLECTOR}, {AGENT_UPDATER}"),
+            ))
+        }
+    };
     st.store.touch(&who.id, now_ms()).await?;
     let deadline = tokio::time::Instant::now() + wait;
     let mut changed = st.commands_changed.clone();
@@ -624,7 +649,7 @@ async fn commands(
         changed.borrow_and_update();
         let rows = st
             .store
-            .take_commands(&who.id, now_ms(), REDELIVER_AFTER)
+            .take_agent_commands(&who.id, agent, now_ms(), REDELIVER_AFTER)
             .await?;
         if !rows.is_empty() || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
             let commands = rows
@@ -667,6 +692,22 @@ async fn command_result(
         .complete_command(&who.id, &id, res.ok, &output, now_ms())
         .await?;
     info!(appliance = %who.id, command = %id, ok = res.ok, "command result stored");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The updater's state report; the latest per appliance is kept for `appliances show`.
+async fn update_state(
+    State(st): State<AppState>,
+    who: Appliance,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let bytes = read_body(body, &headers, SMALL_BODY_BYTES).await?;
+    let state: UpdateState = parse_json(&bytes, "update state")?;
+    st.store
+        .store_update_state(&who.id, &state, now_ms())
+        .await?;
+    info!(appliance = %who.id, current = ?state.current_version, staged = ?state.staged_version, "update state stored");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -46,6 +46,18 @@ pub struct RawConfig {
     /// Cap on an ingest batch once decompressed, bytes.
     #[serde(default = "default_max_decompressed")]
     pub max_decompressed_bytes: u64,
+    /// `[feed]`: the vendor's update feed served under `/v1/feed/` (absent: not served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed: Option<FeedSection>,
+}
+
+/// `[feed]` of `gateway.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedSection {
+    /// The published repository (the directory holding `metadata/` and `targets/`),
+    /// relative to the config file. Served read-only.
+    pub dir: PathBuf,
 }
 
 fn default_listen() -> String {
@@ -78,6 +90,7 @@ impl RawConfig {
             cert_lifetime: default_cert_lifetime(),
             max_body_bytes: default_max_body(),
             max_decompressed_bytes: default_max_decompressed(),
+            feed: None,
         }
     }
 
@@ -124,6 +137,13 @@ impl RawConfig {
         }
         if self.store.trim().is_empty() {
             return Err(bad("store", "must not be empty".into()));
+        }
+        if self
+            .feed
+            .as_ref()
+            .is_some_and(|f| f.dir.as_os_str().is_empty())
+        {
+            return Err(bad("feed.dir", "must not be empty".into()));
         }
         Ok(())
     }
@@ -181,6 +201,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     /// Decompressed batch cap, bytes.
     pub max_decompressed_bytes: u64,
+    /// The update feed's directory, when `[feed]` is set.
+    pub feed_dir: Option<PathBuf>,
 }
 
 impl GatewayConfig {
@@ -237,6 +259,7 @@ impl GatewayConfig {
                 .unwrap_or(Duration::from_secs(90 * 86_400)),
             max_body_bytes: raw.max_body_bytes,
             max_decompressed_bytes: raw.max_decompressed_bytes,
+            feed_dir: raw.feed.as_ref().map(|f| at(&f.dir)),
         }
     }
 }
@@ -307,6 +330,20 @@ server_key = "server-key.pem"
         let shown = cfg.store.redacted();
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("db:5432/o"), "{shown}");
+    }
+
+    #[test]
+    fn feed_dir_is_optional_and_relative_to_the_file() {
+        let raw = parse(MINIMAL).unwrap();
+        let cfg = GatewayConfig::resolve(Path::new("gw/gateway.toml"), raw);
+        assert_eq!(cfg.feed_dir, None);
+        let raw = parse(&format!("{MINIMAL}\n[feed]\ndir = \"feed/repo\"\n")).unwrap();
+        let cfg = GatewayConfig::resolve(Path::new("gw/gateway.toml"), raw);
+        assert_eq!(cfg.feed_dir, Some(PathBuf::from("gw/feed/repo")));
+        let err = parse(&format!("{MINIMAL}\n[feed]\npath = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("path"), "{err}");
     }
 
     #[test]

@@ -20,16 +20,18 @@
 //!   certificate can be attached to each request; graceful drain on shutdown.
 //! * [`api`]: the routes; every mTLS route checks the certificate against the store.
 //! * [`store`]: SQLite or PostgreSQL through one schema; exactly-once ingest.
+//! * [`feed`]: the vendor's update feed, served read-only (Range requests).
 //!
 //! # Current limitations
 //!
-//! Certificate renewal (`POST /v1/renew`), the feed routes and health packs arrive with
-//! their issues. The certificate check is a store lookup per request (no cache yet).
+//! Certificate renewal (`POST /v1/renew`) arrives with its issue. The certificate check is
+//! a store lookup per request (no cache yet).
 
 pub mod api;
 pub mod ca;
 pub mod config;
 pub mod error;
+pub mod feed;
 pub mod server;
 pub mod store;
 pub mod tls;

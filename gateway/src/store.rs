@@ -16,9 +16,11 @@ use std::time::Duration;
 
 mod health;
 mod packs;
+mod updates;
 
-pub use health::{AlertRow, HealthStateRow, VmRow};
+pub use health::{AlertRow, HealthChangeRow, HealthStateRow, PackStatusRow, VmRow};
 pub use packs::{PackImport, PackRow, PackScope};
+pub use updates::{agent_for_kind, UpdateStateRow, WindowRow, WindowScope};
 
 use outpost_proto::{ApplianceState, Envelope, Record};
 use sha2::{Digest, Sha256};
@@ -726,7 +728,8 @@ impl Store {
                 Record::VmInventory { .. }
                 | Record::VmMetrics { .. }
                 | Record::Health { .. }
-                | Record::Alert { .. } => {
+                | Record::Alert { .. }
+                | Record::PackStatus { .. } => {
                     health::apply_record(&mut tx, appliance_id, rec).await?;
                 }
                 Record::Agent {
@@ -911,21 +914,21 @@ impl Store {
         self.state_of(appliance_id).await?;
         let id = new_id("cmd");
         sqlx::query(
-            "INSERT INTO commands (id, appliance_id, kind, args, state, created_at) VALUES ($1, $2, $3, $4, 'queued', $5)",
+            "INSERT INTO commands (id, appliance_id, kind, args, state, created_at, agent) VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
         )
         .bind(&id)
         .bind(appliance_id)
         .bind(kind)
         .bind(args.to_string())
         .bind(now)
+        .bind(agent_for_kind(kind))
         .execute(&self.write)
         .await
         .map_err(q("queue command"))?;
         Ok(id)
     }
 
-    /// Commands to hand to an appliance: queued ones, and delivered ones unanswered for
-    /// longer than `redeliver_after` (the appliance may have lost them). Marks them delivered.
+    /// The collector's commands to hand to an appliance; see [`Store::take_agent_commands`].
     ///
     /// # Errors
     /// [`StoreError::Query`].
@@ -935,14 +938,33 @@ impl Store {
         now: Millis,
         redeliver_after: Duration,
     ) -> Result<Vec<CommandRow>, StoreError> {
+        self.take_agent_commands(appliance_id, "collector", now, redeliver_after)
+            .await
+    }
+
+    /// Commands for one agent of an appliance (`collector`, `updater`): queued ones, and
+    /// delivered ones unanswered for longer than `redeliver_after` (the agent may have lost
+    /// them). Marks them delivered.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn take_agent_commands(
+        &self,
+        appliance_id: &str,
+        agent: &str,
+        now: Millis,
+        redeliver_after: Duration,
+    ) -> Result<Vec<CommandRow>, StoreError> {
         let cutoff = now - i64::try_from(redeliver_after.as_millis()).unwrap_or(i64::MAX);
         let rows = sqlx::query(
             "SELECT id, appliance_id, kind, args, state, output, created_at, completed_at FROM commands
-             WHERE appliance_id = $1 AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $2))
+             WHERE appliance_id = $1 AND agent = $3
+               AND (state = 'queued' OR (state = 'delivered' AND delivered_at < $2))
              ORDER BY created_at, id LIMIT 100",
         )
         .bind(appliance_id)
         .bind(cutoff)
+        .bind(agent)
         .fetch_all(&self.read)
         .await
         .map_err(q("take commands"))?;

@@ -12,6 +12,10 @@ use anyhow::bail;
 pub const GATEWAY: &str = "outpost-gateway";
 /// File name of the collector binary.
 pub const COLLECTOR: &str = "outpost-collector";
+/// File name of the on-box update agent.
+pub const UPDATER: &str = "outpost-updater";
+/// File name of the feed publisher.
+pub const FEED: &str = "outpost-feed";
 
 /// Directories searched for the binaries, in order.
 #[must_use]
@@ -75,6 +79,21 @@ pub fn gateway() -> anyhow::Result<PathBuf> {
 /// See [`binary`].
 pub fn collector() -> anyhow::Result<PathBuf> {
     binary(COLLECTOR)
+}
+
+/// Runs the built binary `name` with `args` to completion (bounded by
+/// [`crate::proc::CLI_TIMEOUT`]) and returns its standard output.
+///
+/// # Errors
+/// When it is missing, overruns, or exits unsuccessfully (with its standard error).
+pub fn run_ok(name: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = std::process::Command::new(binary(name)?);
+    cmd.args(args);
+    let out = crate::proc::run_bounded(cmd, crate::proc::CLI_TIMEOUT)?;
+    if !out.status.success() {
+        bail!("{name} {args:?} failed ({}): {}", out.status, out.stderr);
+    }
+    Ok(out.stdout)
 }
 
 #[cfg(test)]

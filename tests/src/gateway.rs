@@ -195,6 +195,17 @@ impl Gateway {
             .with_context(|| format!("failed to write {}", p.display()))
     }
 
+    /// Sets `[feed] dir = DIR` in `gateway.toml`: the update feed served under `/v1/feed/`
+    /// (before [`Gateway::start`] to take effect).
+    ///
+    /// # Errors
+    /// As [`Gateway::set_config`].
+    pub fn set_feed_dir(&self, dir: &Path) -> anyhow::Result<()> {
+        let mut feed = toml::Table::new();
+        feed.insert("dir".into(), dir.display().to_string().into());
+        self.set_config("feed", feed)
+    }
+
     /// Starts `serve --listen 127.0.0.1:0 --addr-file DIR/addr` and waits for the address.
     ///
     /// # Errors

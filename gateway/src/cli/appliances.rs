@@ -3,7 +3,7 @@
 use outpost_gateway::api::approve_with;
 use outpost_gateway::ca::Ca;
 use outpost_gateway::store::{
-    now_ms, AlertRow, ApplianceDetail, HealthStateRow, StoredRecord, VmRow,
+    now_ms, AlertRow, ApplianceDetail, HealthChangeRow, HealthStateRow, StoredRecord, VmRow,
 };
 use outpost_proto::ApplianceState;
 use serde_json::{json, Value};
@@ -43,11 +43,39 @@ pub enum AppliancesCmd {
         #[arg(long)]
         json: bool,
         /// Only records of this kind.
-        #[arg(long, value_name = "KIND", value_parser = ["inventory", "metrics", "agent", "vm_inventory", "vm_metrics", "health", "alert"])]
+        #[arg(long, value_name = "KIND", value_parser = ["inventory", "metrics", "agent", "vm_inventory", "vm_metrics", "health", "alert", "pack_status"])]
         kind: Option<String>,
         /// At most this many (the lowest record ids).
         #[arg(long, value_name = "N")]
         limit: Option<u64>,
+    },
+    /// List an appliance's alerts: the open ones (newest raise first), or with `--all` also
+    /// the resolved ones, with when each was raised and resolved and why.
+    Alerts {
+        /// Appliance id (ap-…).
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Include resolved alerts.
+        #[arg(long)]
+        all: bool,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List an appliance's health state changes as the box judged them, oldest first:
+    /// time, object, monitor (`health` = the object's rolled-up state), from → to.
+    HealthHistory {
+        /// Appliance id (ap-…).
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// At most this many (the newest).
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: i64,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Approve a pending appliance: the CA signs its certificate.
     Approve {
@@ -59,6 +87,14 @@ pub enum AppliancesCmd {
     /// Revoke an appliance: its certificate is refused from the next request on.
     Revoke {
         /// Appliance id (ap-…).
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Ask an appliance's updater to restart now (into its staged slot, if any), outside
+    /// the maintenance window; delivered through its long-poll. Prints the command id.
+    Restart {
+        /// Appliance id (ap-…); must be approved.
         id: String,
         #[command(flatten)]
         config: ConfigArg,
@@ -111,11 +147,16 @@ pub fn run(c: AppliancesCmd) -> Result<(), CliError> {
                 let vms = store.vms(&id).await?;
                 let states = store.health_states(&id).await?;
                 let alerts = store.alerts(&id, true).await?;
+                let packs = store.pack_status(&id).await?;
+                let update = store.update_state(&id).await?;
+                let window = store.effective_window(&id).await?;
                 store.close().await;
                 let mut v = detail_json(&d);
                 v["vms"] = Value::Array(vms.iter().map(vm_json).collect());
                 v["health"] = health_tree_json(&states);
                 v["open_alerts"] = Value::Array(alerts.iter().map(alert_json).collect());
+                v["packs"] = super::packs::pack_status_json(packs.as_ref());
+                v["update"] = super::windows::update_json(update.as_ref(), window.as_ref());
                 if json {
                     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 } else {
@@ -154,6 +195,34 @@ pub fn run(c: AppliancesCmd) -> Result<(), CliError> {
                 }
                 Ok(())
             }
+            AppliancesCmd::Alerts {
+                id,
+                config,
+                all,
+                json,
+            } => {
+                let (_, store) = open(&config.config).await?;
+                let found = store.appliance(&id).await.map(|_| ());
+                let rows = store.alerts(&id, !all).await;
+                store.close().await;
+                found?;
+                print_alerts(&rows?, all, json);
+                Ok(())
+            }
+            AppliancesCmd::HealthHistory {
+                id,
+                config,
+                limit,
+                json,
+            } => {
+                let (_, store) = open(&config.config).await?;
+                let found = store.appliance(&id).await.map(|_| ());
+                let rows = store.health_changes(&id, limit.max(0)).await;
+                store.close().await;
+                found?;
+                print_health_history(&rows?, json);
+                Ok(())
+            }
             AppliancesCmd::Approve { id, config } => {
                 let (cfg, store) = open(&config.config).await?;
                 let d = store.appliance(&id).await?;
@@ -179,6 +248,15 @@ pub fn run(c: AppliancesCmd) -> Result<(), CliError> {
                 store.close().await;
                 tracing::info!(appliance = %id, "revoked");
                 println!("revoked {id}; its certificate is refused from its next request");
+                Ok(())
+            }
+            AppliancesCmd::Restart { id, config } => {
+                let (_, store) = open(&config.config).await?;
+                let cmd = store.queue_restart(&id, now_ms()).await;
+                store.close().await;
+                let cmd = cmd?;
+                tracing::info!(appliance = %id, command = %cmd, "restart queued");
+                println!("{cmd}");
                 Ok(())
             }
         }
@@ -288,6 +366,74 @@ fn alert_json(a: &AlertRow) -> Value {
     })
 }
 
+fn print_alerts(rows: &[AlertRow], all: bool, json: bool) {
+    if json {
+        let arr: Vec<Value> = rows
+            .iter()
+            .map(|a| {
+                let mut v = alert_json(a);
+                v["resolve_reason"] = json!(a.resolve_reason);
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&arr).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{:<8} {:<28} {:<20} {:<20} {:<12} MESSAGE",
+        "SEVERITY", "OBJECT", "RAISED", "RESOLVED", "WHY"
+    );
+    for a in rows {
+        println!(
+            "{:<8} {:<28} {:<20} {:<20} {:<12} {}",
+            a.severity,
+            a.object,
+            rfc3339(a.raised_at),
+            a.resolved_at.map_or_else(|| "open".to_string(), rfc3339),
+            a.resolve_reason.as_deref().unwrap_or("-"),
+            a.message
+        );
+    }
+    if rows.is_empty() {
+        println!(
+            "{}",
+            if all {
+                "(no alerts)"
+            } else {
+                "(no open alerts)"
+            }
+        );
+    }
+}
+
+fn print_health_history(rows: &[HealthChangeRow], json: bool) {
+    if json {
+        let arr: Vec<Value> = rows
+            .iter()
+            .map(|c| {
+                json!({"at": rfc3339(c.at), "at_ms": c.at, "object": c.object,
+                       "monitor": c.monitor, "from": c.from, "to": c.to})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&arr).unwrap_or_default());
+        return;
+    }
+    println!("{:<20} {:<32} {:<24} CHANGE", "AT", "OBJECT", "MONITOR");
+    for c in rows {
+        println!(
+            "{:<20} {:<32} {:<24} {} -> {}",
+            rfc3339(c.at),
+            c.object,
+            c.monitor,
+            c.from.as_deref().unwrap_or("(new)"),
+            c.to
+        );
+    }
+    if rows.is_empty() {
+        println!("(no health changes stored)");
+    }
+}
+
 fn print_box_health(v: &Value) {
     let text = |x: &Value| match x {
         Value::Null => "-".to_string(),
@@ -332,6 +478,9 @@ fn print_box_health(v: &Value) {
                 );
             }
         }
+    }
+    for line in super::packs::pack_status_lines(&v["packs"]) {
+        println!("{line}");
     }
     let alerts = v["open_alerts"].as_array().map_or(&[][..], Vec::as_slice);
     if alerts.is_empty() {
@@ -445,6 +594,7 @@ fn print_detail(v: &Value) {
         println!("  processes     {}", m["process_count"]);
     }
     print_box_health(v);
+    super::windows::print_update(&v["update"]);
 }
 
 #[cfg(test)]

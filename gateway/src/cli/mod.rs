@@ -6,6 +6,7 @@ mod init;
 mod packs;
 mod serve;
 mod token;
+mod windows;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -56,6 +57,9 @@ enum Cmd {
     /// Import, list and assign health packs.
     #[command(subcommand)]
     Packs(packs::PacksCmd),
+    /// Set, list and clear the maintenance windows in which updaters may restart appliances.
+    #[command(subcommand)]
+    Windows(windows::WindowsCmd),
 }
 
 /// What a subcommand can fail with; each maps to an exit code.
@@ -116,6 +120,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Appliances(c) => appliances::run(c),
         Cmd::Commands(c) => commands::run(c),
         Cmd::Packs(c) => packs::run(c),
+        Cmd::Windows(c) => windows::run(c),
     }
 }
 
