@@ -11,3 +11,4 @@ cargo build --release --workspace --bins
 cargo build --release -p outpost-collector --example spool_bench
 # shellcheck disable=SC2086
 target/release/outpost-bench ${OUTPOST_BENCH_ARGS:-} --out bench/REPORT.md
+bench/footprint.sh "${OUTPOST_FOOTPRINT_SECS:-60}"

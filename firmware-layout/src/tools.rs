@@ -1,0 +1,144 @@
+//! External tools: finding them on PATH before any long work, and running them with errors that
+//! say which tool failed on which file.
+
+use crate::error::LayoutError;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// An external command, the Debian package that provides it, and why it is needed.
+#[derive(Debug, Clone, Copy)]
+pub struct Tool {
+    /// Command name.
+    pub name: &'static str,
+    /// Debian package.
+    pub package: &'static str,
+    /// What it is used for (for the error message).
+    pub purpose: &'static str,
+}
+
+/// `mkfs.ext4`.
+pub const MKFS_EXT4: Tool = Tool {
+    name: "mkfs.ext4",
+    package: "e2fsprogs",
+    purpose: "make ext4 file systems",
+};
+/// `debugfs`, to pin inode times.
+pub const DEBUGFS: Tool = Tool {
+    name: "debugfs",
+    package: "e2fsprogs",
+    purpose: "pin ext4 inode times",
+};
+/// `mkfs.vfat`.
+pub const MKFS_VFAT: Tool = Tool {
+    name: "mkfs.vfat",
+    package: "dosfstools",
+    purpose: "make the ESP",
+};
+/// `mkfs.erofs`.
+pub const MKFS_EROFS: Tool = Tool {
+    name: "mkfs.erofs",
+    package: "erofs-utils",
+    purpose: "make erofs file systems",
+};
+/// `mcopy`.
+pub const MCOPY: Tool = Tool {
+    name: "mcopy",
+    package: "mtools",
+    purpose: "copy files into the ESP",
+};
+/// `mmd`.
+pub const MMD: Tool = Tool {
+    name: "mmd",
+    package: "mtools",
+    purpose: "make directories in the ESP",
+};
+/// `mdir`.
+pub const MDIR: Tool = Tool {
+    name: "mdir",
+    package: "mtools",
+    purpose: "list boot entries in the ESP",
+};
+/// `mtype`.
+pub const MTYPE: Tool = Tool {
+    name: "mtype",
+    package: "mtools",
+    purpose: "read boot entries from the ESP",
+};
+/// `qemu-img`.
+pub const QEMU_IMG: Tool = Tool {
+    name: "qemu-img",
+    package: "qemu-utils",
+    purpose: "convert the raw image to qcow2/vhdx/vmdk",
+};
+/// `qemu-system-x86_64`.
+pub const QEMU_SYSTEM: Tool = Tool {
+    name: "qemu-system-x86_64",
+    package: "qemu-system-x86",
+    purpose: "boot the image",
+};
+
+/// Finds an executable named `name` on PATH.
+#[must_use]
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Checks that every tool is installed; the error names the first missing one and its package.
+///
+/// # Errors
+/// [`LayoutError::MissingTool`].
+pub fn require(tools: &[Tool]) -> Result<(), LayoutError> {
+    for t in tools {
+        if find_on_path(t.name).is_none() {
+            return Err(LayoutError::MissingTool {
+                tool: t.name.into(),
+                package: t.package.into(),
+                purpose: t.purpose.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs `cmd` to completion; on failure the error names the tool, `doing` and stderr's tail.
+/// Returns stdout.
+///
+/// # Errors
+/// [`LayoutError::MissingTool`] if it cannot start, [`LayoutError::ToolFailed`] on a non-zero exit.
+pub fn run(tool: Tool, cmd: &mut Command, doing: &str) -> Result<Vec<u8>, LayoutError> {
+    tracing::debug!(tool = tool.name, args = ?cmd.get_args().map(OsStr::to_string_lossy).collect::<Vec<_>>(), "running");
+    let out = cmd.output().map_err(|_| LayoutError::MissingTool {
+        tool: tool.name.into(),
+        package: tool.package.into(),
+        purpose: tool.purpose.into(),
+    })?;
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let tail: String = err
+        .trim()
+        .lines()
+        .rev()
+        .take(6)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join(" | ");
+    Err(LayoutError::ToolFailed {
+        tool: tool.name.into(),
+        doing: doing.into(),
+        status: out.status.to_string(),
+        stderr: tail,
+    })
+}
