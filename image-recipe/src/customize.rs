@@ -23,6 +23,15 @@ const UNIT_DIRS: &[&str] = &[
     "lib/systemd/system",
 ];
 
+/// The asset that configures DHCP on every wired interface: installed only with
+/// `[firstboot] network = "dhcp"`.
+pub const DHCP_NETWORK_ASSET: &str = "etc/systemd/network/80-outpost-dhcp.network";
+
+/// Where `/etc/fstab` (an asset) mounts the ESP: made as an empty directory in every image,
+/// so systemd-bless-boot can bless the booted entry (boot counting) and the updater can write
+/// entries there.
+pub const ESP_MOUNT_POINT: &str = "boot/efi";
+
 /// The `{{placeholder}}` values available to assets.
 pub fn template_values(recipe: &Recipe, inputs: &Inputs) -> BTreeMap<&'static str, String> {
     let gateways = recipe
@@ -74,8 +83,12 @@ pub fn customize_with_assets(
 ) -> Result<(), BuildError> {
     let t = recipe.image.source_date_epoch;
     for a in render_assets(raw_assets, modes, &template_values(recipe, inputs))? {
+        if a.path == DHCP_NETWORK_ASSET && recipe.firstboot.network != "dhcp" {
+            continue;
+        }
         tree.put(&a.path, Node::bytes(a.content, a.mode, t));
     }
+    tree.put(ESP_MOUNT_POINT, Node::dir(0o755, t));
     for overlay in &inputs.overlays {
         for e in overlay {
             let node = match &e.kind {

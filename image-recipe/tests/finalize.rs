@@ -170,3 +170,86 @@ fn sbom_lists_installed_packages_from_dpkg_status() {
     );
     assert_eq!(pkgs[1]["licenseDeclared"], "NOASSERTION");
 }
+
+/// Runs the customise stage of the fixture's recipe (with `edit` applied to its text) over the
+/// fake base, with the fixture assets plus the real DHCP network asset.
+fn customized_tree(edit: impl Fn(&str) -> String) -> outpost_image::tree::Tree {
+    use outpost_image::customize::{customize_with_assets, DHCP_NETWORK_ASSET};
+    let fx = Fixture::new();
+    let text = edit(common::RECIPE);
+    std::fs::write(fx.recipe_path(), &text).expect("write recipe");
+    let recipe = outpost_image::Recipe::load(&fx.recipe_path()).expect("recipe");
+    let inputs = outpost_image::inputs::Inputs::gather(&recipe, &fx.recipe_path()).expect("inputs");
+    let mut tree =
+        outpost_image::tree::Tree::from_tar(&fx.dir.path().join("base.tar")).expect("base");
+    let mut assets = common::ASSETS.to_vec();
+    assets.push((DHCP_NETWORK_ASSET, b"[Network]\nDHCP=yes\n", false));
+    customize_with_assets(&mut tree, &recipe, &inputs, &assets, common::MODES).expect("customize");
+    tree
+}
+
+#[test]
+fn firstboot_network_none_installs_no_dhcp_configuration() {
+    use outpost_image::customize::DHCP_NETWORK_ASSET;
+    // Default (dhcp): the network file is there.
+    let tree = customized_tree(str::to_string);
+    assert!(
+        tree.nodes.contains_key(DHCP_NETWORK_ASSET),
+        "network = \"dhcp\" (default) must install {DHCP_NETWORK_ASSET}"
+    );
+    // network = "none": no DHCP configuration at all.
+    let tree = customized_tree(|r| format!("{r}network = \"none\"\n"));
+    assert!(
+        !tree.nodes.contains_key(DHCP_NETWORK_ASSET),
+        "network = \"none\" must not install {DHCP_NETWORK_ASSET}"
+    );
+    assert!(
+        tree.nodes
+            .keys()
+            .all(|k| !k.starts_with("etc/systemd/network/")),
+        "network = \"none\" installed a network file"
+    );
+}
+
+#[test]
+fn esp_mount_point_exists_for_fstab_and_boot_blessing() {
+    use outpost_image::customize::ESP_MOUNT_POINT;
+    let tree = customized_tree(str::to_string);
+    let node = tree
+        .nodes
+        .get(ESP_MOUNT_POINT)
+        .expect("the ESP mount point");
+    assert_eq!(node.kind, outpost_image::tree::Kind::Dir);
+    assert_eq!((node.mode, node.uid, node.gid), (0o755, 0, 0));
+}
+
+#[test]
+fn fstab_asset_mounts_the_esp_where_systemd_bless_boot_finds_it() {
+    use outpost_image::assets::ROOTFS_ASSETS;
+    use outpost_image::customize::ESP_MOUNT_POINT;
+    let fstab = ROOTFS_ASSETS
+        .iter()
+        .find(|(p, _, _)| *p == "etc/fstab")
+        .map(|(_, b, _)| String::from_utf8_lossy(b).into_owned())
+        .expect("etc/fstab asset");
+    let esp: Vec<&str> = fstab
+        .lines()
+        .find(|l| l.starts_with("PARTLABEL=esp"))
+        .expect("an fstab line for PARTLABEL=esp")
+        .split_whitespace()
+        .collect();
+    // systemd 252 looks for the ESP at /efi, /boot and /boot/efi.
+    assert_eq!(esp[1], format!("/{ESP_MOUNT_POINT}"));
+    assert!(["/efi", "/boot", "/boot/efi"].contains(&esp[1]));
+    assert_eq!(esp[2], "vfat");
+    // The blessing waits for the mount (it is nofail, so not ordered before local-fs.target).
+    let dropin = ROOTFS_ASSETS
+        .iter()
+        .find(|(p, _, _)| *p == "etc/systemd/system/systemd-bless-boot.service.d/outpost-esp.conf")
+        .map(|(_, b, _)| String::from_utf8_lossy(b).into_owned())
+        .expect("systemd-bless-boot drop-in asset");
+    assert!(
+        dropin.contains(&format!("RequiresMountsFor={}\n", esp[1])),
+        "{dropin}"
+    );
+}

@@ -8,7 +8,9 @@
 //!    auto-approve bootstrap token;
 //! 2. build A with an empty cache, with that gateway's CA, port and token;
 //! 3. first boot: the appliance names itself from the recipe's pattern
-//!    (`outpost-{machine_id:8}`), enrols, is approved and reports; clean power-off;
+//!    (`outpost-{machine_id:8}`), enrols, is approved and reports; clean power-off; then
+//!    the booted disk's ESP shows slot a's entry blessed by systemd-bless-boot
+//!    (`outpost-a+3.conf` renamed to `outpost-a.conf`) and slot b's untouched;
 //! 4. second boot of the same disk: first-boot work does not run again, the host name is
 //!    the same, and the same appliance (same id, no second enrolment) reports again;
 //! 5. build B of the same inputs with another empty cache: the raw and qcow2 images have
@@ -455,6 +457,53 @@ fn recipe_source_date_epoch(recipe: &str) -> anyhow::Result<i64> {
         .ok_or_else(|| anyhow!("{EXAMPLE_RECIPE}: [image] source_date_epoch is not an integer"))
 }
 
+/// The boot entries on the ESP of a (qcow2) disk after a boot, as `(file, state)`: the disk is
+/// converted to a sparse raw file in `dir` and read with `outpost-layout inspect --json`.
+fn boot_entries_of(
+    clock: &Clock,
+    inputs: &BuildInputs,
+    disk: &Path,
+    dir: &Path,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let raw = dir.join("after-boot.raw");
+    let _ = std::fs::remove_file(&raw);
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-q", "-O", "raw"]).arg(disk).arg(&raw);
+    let out = run_bounded(cmd, clock.bound(Duration::from_secs(5 * 60))?)?;
+    if !out.status.success() {
+        bail!(
+            "qemu-img convert {} to raw failed: {}",
+            disk.display(),
+            out.stderr.trim()
+        );
+    }
+    let mut cmd = Command::new(inputs.tool("outpost-layout"));
+    cmd.arg("inspect").arg("--json").arg(&raw);
+    let out = run_bounded(cmd, clock.bound(Duration::from_secs(2 * 60))?)?;
+    let _ = std::fs::remove_file(&raw);
+    if !out.status.success() {
+        bail!(
+            "outpost-layout inspect --json failed: {}",
+            out.stderr.trim()
+        );
+    }
+    let v: Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("outpost-layout inspect --json: not JSON: {}", out.stdout))?;
+    Ok(v["entries"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    (
+                        e["file"].as_str().unwrap_or_default().to_string(),
+                        e["state"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// Whether `name` matches the example's pattern `outpost-{machine_id:8}`.
 fn matches_example_pattern(name: &str) -> bool {
     name.strip_prefix("outpost-").is_some_and(|suffix| {
@@ -563,6 +612,27 @@ fn appliance_image_enrols_on_first_boot_keeps_identity_on_reboot_and_is_reproduc
     let batches1 = count(&show1, "batches");
     vm.power_off(&clock, "first boot")?;
     drop(vm);
+
+    // Boot counting: systemd-boot renamed outpost-a+3.conf to outpost-a+2-1.conf when it
+    // booted it; once the boot completed, systemd-bless-boot (the ESP mounted on /boot/efi)
+    // renamed it to outpost-a.conf. Unblessed, slot a would be marked bad after 3 boots.
+    clock.stage("first boot: reading the boot entries on the booted disk's ESP");
+    let entries = boot_entries_of(&clock, &inputs, &disk, &vm_dir)?;
+    clock.stage(&format!("first boot: ESP entries {entries:?}"));
+    assert!(
+        entries
+            .iter()
+            .any(|(f, st)| f == "outpost-a.conf" && st == "good"),
+        "slot a's entry was not blessed after a complete boot (systemd-bless-boot): {entries:?}"
+    );
+    assert!(
+        !entries.iter().any(|(f, _)| f.starts_with("outpost-a+")),
+        "slot a still has a counted entry beside the blessed one: {entries:?}"
+    );
+    assert!(
+        entries.iter().any(|(f, _)| f == "outpost-b+3.conf"),
+        "slot b's entry changed although slot b was not booted: {entries:?}"
+    );
 
     clock.stage("4/5 second boot of the same disk");
     let mut vm = Appliance::boot(&vm_dir, "boot2", &disk, &vars)?;
