@@ -21,6 +21,8 @@
 //! * [`fixtures`]: steps many tests share (an approved appliance, waiting on `appliances show`).
 //! * [`pg`] and [`pool`]: a throwaway PostgreSQL database per test (from
 //!   `OUTPOST_TEST_POSTGRES`, a printed `SKIP:` without it) and two gateways sharing it.
+//! * [`measure`]: process memory and CPU from `/proc`, latency percentiles, a real payload;
+//!   [`loadgen`]: the load generator behind `outpost-loadgen` (N simulated appliances).
 //! * [`qemu`]: real, bounded `qemu-system-x86_64` guests (with the reason to skip without).
 //! * [`faults`]: seeded fault timing, the stored records of an appliance and the
 //!   exactly-once check; [`spool`]: a reader of the collector's on-disk spool.
@@ -35,6 +37,8 @@ pub mod collector;
 pub mod faults;
 pub mod fixtures;
 pub mod gateway;
+pub mod loadgen;
+pub mod measure;
 pub mod pg;
 pub mod pki;
 pub mod pool;
