@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use outpost_image::diff::{diff_sides, load_side, render_text};
+use outpost_image::diff::{diff_outputs, load_side, render_text};
 use outpost_image::BuildError;
 
 /// Arguments of `diff`.
@@ -19,11 +19,11 @@ pub struct DiffArgs {
     pub json: bool,
 }
 
-/// Runs `diff`: exit 0 when identical, 1 when different.
+/// Runs `diff`: exit 0 when identical (archives' bytes included), 1 when different.
 pub fn run(args: &DiffArgs) -> Result<ExitCode, BuildError> {
     let a = load_side(&args.a)?;
     let b = load_side(&args.b)?;
-    let r = diff_sides(&a, &b);
+    let r = diff_outputs(&a, &b)?;
     if args.json {
         println!(
             "{}",
