@@ -4,8 +4,10 @@
 //! tests, a plain file. [`install`] streams an image into the **inactive** slot, fsyncs it,
 //! reads back what it wrote and compares its SHA-256 with the one the bundle's manifest names;
 //! only then is the slot's boot entry written with a try counter ([`bootcount::mark_try`]).
-//! A failed write, a short write, a full disk or a mismatch returns an error and leaves the
-//! blessed entries as they were, so nothing half-installed is ever marked bootable.
+//! Before the first byte is written, the target slot's own entry (blessed by an earlier
+//! commit, or staged) is marked bad (no tries left), so a failed write, a short write, a full
+//! disk or a mismatch returns an error with the target unbootable and the booted slot's entry
+//! as it was: nothing half-installed is ever marked bootable.
 //!
 //! The booted slot is read from the simulated boot's record on a file-backed ESP
 //! ([`bootcount::SIMULATED_SELECTED`]) or else from the kernel command line
@@ -93,7 +95,7 @@ impl SlotTable {
     }
 }
 
-/// An install that failed; the boot entries are as they were.
+/// An install that failed; the booted slot's entry is as it was, the target's is marked bad.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SlotError {
@@ -196,7 +198,8 @@ pub fn slot_from_cmdline(cmdline: &str) -> Option<Slot> {
 /// is reported as a write failure. `version` goes into the entry's title.
 ///
 /// # Errors
-/// A [`SlotError`] naming the slot and path; the blessed entries are untouched.
+/// A [`SlotError`] naming the slot and path; the booted slot's entry is untouched and the
+/// target's entry, if it had one, is left marked bad.
 pub fn install(
     table: &SlotTable,
     booted: Slot,
@@ -210,9 +213,12 @@ pub fn install(
             return Err(SlotError::BootedNotCommitted { booted, target });
         }
     }
-    // A staged-but-not-booted entry for the target would point at a slot being overwritten.
+    // Whatever entry the target has (blessed by an earlier commit, or staged and not booted
+    // yet) points at the slot about to be overwritten: it goes to "no tries left" before the
+    // first byte is written, so a failed or partial write never leaves it bootable. Only the
+    // verified image gets a fresh counter below.
     if let Some(e) = bootcount::find_entry(esp, target)? {
-        if e.name.counter.is_some_and(|c| c.left > 0) {
+        if !e.name.is_bad() {
             bootcount::mark_bad(esp, target)?;
         }
     }

@@ -187,3 +187,81 @@ fn a_staged_but_unbooted_slot_is_disabled_before_it_is_overwritten() {
     );
     assert_eq!(bootcount::simulate_boot(&b.table.esp).unwrap(), Slot::A);
 }
+
+/// Commits 1.1.0 into B (A stays blessed with 1.0.0): the box where the next update rewrites
+/// the blessed slot A.
+fn box_with_b_committed() -> TestBox {
+    let b = new_box();
+    install_bundle(&b, Slot::A, &make_bundle(&b.root, "1.1.0", b"v1.1")).unwrap();
+    assert_eq!(bootcount::simulate_boot(&b.table.esp).unwrap(), Slot::B);
+    bootcount::bless(&b.table.esp, Slot::B).unwrap();
+    assert_eq!(
+        entry_names(&b.table.esp),
+        ["outpost-a.conf", "outpost-b.conf"]
+    );
+    b
+}
+
+/// Regression: the target's blessed entry stayed bootable while its slot was overwritten.
+#[test]
+fn rewriting_a_blessed_slot_unmarks_it_before_writing() {
+    let b = box_with_b_committed();
+    let esp = b.table.esp.clone();
+    let seen = std::cell::RefCell::new(Vec::new());
+    let i = slots::install(&b.table, Slot::B, "1.2.0", |w| {
+        // What the ESP says when the first byte goes into slot A.
+        *seen.borrow_mut() = entry_names(&esp);
+        let bad = bootcount::find_entry(&esp, Slot::A).unwrap().unwrap();
+        assert!(bad.name.is_bad(), "{:?}", bad.name);
+        slots::stream_reader(&b"v1.2"[..], w)
+    })
+    .unwrap();
+    assert_eq!(seen.into_inner(), ["outpost-a+0.conf", "outpost-b.conf"]);
+    assert_eq!(i.slot, Slot::A);
+    assert_eq!(fs::read(&b.table.a).unwrap(), b"v1.2");
+    assert_eq!(
+        entry_names(&b.table.esp),
+        ["outpost-a+3.conf", "outpost-b.conf"]
+    );
+    assert_eq!(bootcount::simulate_boot(&b.table.esp).unwrap(), Slot::A);
+}
+
+#[test]
+fn a_write_into_a_blessed_slot_that_fails_midway_leaves_it_unbootable() {
+    let b = box_with_b_committed();
+    let e = slots::install(&b.table, Slot::B, "1.2.0", |w| {
+        w.write_all(&[9u8; 100_000]).map_err(|e| e.to_string())?;
+        Err("truncated download: unexpected end of archive".into())
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("truncated download"), "{e}");
+    assert_eq!(
+        entry_names(&b.table.esp),
+        ["outpost-a+0.conf", "outpost-b.conf"]
+    );
+    // Every boot from now on picks B; A is never tried.
+    for _ in 0..4 {
+        assert_eq!(bootcount::simulate_boot(&b.table.esp).unwrap(), Slot::B);
+    }
+}
+
+#[test]
+fn a_full_disk_while_rewriting_a_blessed_slot_leaves_it_unbootable() {
+    let full = Path::new("/dev/full");
+    if !full.exists() {
+        eprintln!("SKIP: /dev/full is missing on this machine");
+        return;
+    }
+    let mut b = box_with_b_committed();
+    b.table.a = full.to_path_buf();
+    let bundle = make_bundle(&b.root, "1.2.0", &vec![5u8; 2_000_000]);
+    let e = install_bundle(&b, Slot::B, &bundle).unwrap_err();
+    let s = e.to_string();
+    assert!(s.contains("No space left on device"), "{s}");
+    assert!(s.contains("slot a") && s.contains("/dev/full"), "{s}");
+    let a = bootcount::find_entry(&b.table.esp, Slot::A)
+        .unwrap()
+        .unwrap();
+    assert!(a.name.is_bad(), "{:?}", a.name);
+    assert_eq!(bootcount::simulate_boot(&b.table.esp).unwrap(), Slot::B);
+}
