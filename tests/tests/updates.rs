@@ -180,6 +180,9 @@ channel = "stable"
 trusted_root = "{root}"
 interval = "2s"
 
+[mirror]
+listen = "127.0.0.1:0"
+
 [slots]
 a = "slot-a.img"
 b = "slot-b.img"
@@ -226,6 +229,71 @@ timeout = "6s"
         id,
         app,
     })
+}
+
+/// Runs curl (bounded) and returns the body of `url`; fails on an HTTP error.
+fn curl_get(url: &str) -> anyhow::Result<Vec<u8>> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sSf", "--max-time", "30", url]);
+    let out = run_bounded(cmd, CLI_TIMEOUT)?;
+    anyhow::ensure!(out.status.success(), "curl {url}: {}", out.stderr);
+    Ok(out.stdout.into_bytes())
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// What a VM does with the box's local mirror: walks timestamp → snapshot → targets,
+/// downloads the bundle of `version` and checks its length and sha256 against targets.json.
+/// Returns the bundle's size.
+fn vm_fetches_and_verifies(base: &str, version: &str) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    use sha2::Digest;
+    let json =
+        |url: String| -> anyhow::Result<Value> { Ok(serde_json::from_slice(&curl_get(&url)?)?) };
+    let ts = json(format!("{base}/metadata/timestamp.json"))?;
+    let sv = ts["signed"]["meta"]["snapshot.json"]["version"]
+        .as_u64()
+        .context("snapshot version in timestamp.json")?;
+    let sn = json(format!("{base}/metadata/{sv}.snapshot.json"))?;
+    let tv = sn["signed"]["meta"]["targets.json"]["version"]
+        .as_u64()
+        .context("targets version in snapshot.json")?;
+    let tg = json(format!("{base}/metadata/{tv}.targets.json"))?;
+    let (name, t) = tg["signed"]["targets"]
+        .as_object()
+        .context("targets in targets.json")?
+        .iter()
+        .find(|(n, _)| n.contains(version))
+        .with_context(|| format!("no target for {version} in {tg}"))?;
+    let want = t["hashes"]["sha256"].as_str().context("sha256")?;
+    let len = t["length"].as_u64().context("length")?;
+    // A text body would not survive `String`: fetch into a file instead.
+    let body = {
+        let mut cmd = Command::new("curl");
+        let tmp = tempfile::NamedTempFile::new()?;
+        cmd.args(["-sSf", "--max-time", "30", "-o"])
+            .arg(tmp.path())
+            .arg(format!("{base}/targets/{name}"));
+        let out = run_bounded(cmd, CLI_TIMEOUT)?;
+        anyhow::ensure!(out.status.success(), "curl {name}: {}", out.stderr);
+        std::fs::read(tmp.path())?
+    };
+    anyhow::ensure!(
+        body.len() as u64 == len,
+        "{name}: {} bytes, targets.json says {len}",
+        body.len()
+    );
+    let got = hex::encode(sha2::Sha256::digest(&body));
+    anyhow::ensure!(
+        got == want,
+        "{name}: sha256 {got}, targets.json says {want}"
+    );
+    Ok(len)
 }
 
 /// `HH:MM` UTC `mins` minutes from now (may be negative).
@@ -383,6 +451,55 @@ fn failing_health_check_rolls_back_to_slot_a() -> anyhow::Result<()> {
     st.app.start()?;
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(st.app.entries()?, ["outpost-a.conf", "outpost-b+0-3.conf"]);
+    st.app.stop()?;
+    Ok(())
+}
+
+/// Regression: with no VAR window the agent restarted in its install window. Now it stages,
+/// reports `pending restart` with no restart time, and waits; the operator's explicit
+/// restart still goes through. Meanwhile the running agent serves its verified mirror on
+/// `[mirror] listen` and a VM-side curl fetches and verifies the bundle from it.
+#[test]
+fn without_a_var_window_it_waits_for_an_explicit_restart_and_serves_the_vms() -> anyhow::Result<()>
+{
+    let mut st = setup("updates-no-window")?;
+    st.app.start()?;
+    let u = wait_update(&st, "1.1.0 staged", STAGE_TIMEOUT, |u| {
+        u["staged_version"] == NEW
+    })?;
+    assert_eq!(u["pending_restart"], true, "{u}");
+    assert!(u["restart_at_ms"].is_null(), "{u}");
+    assert!(u["window"].is_null(), "{u}");
+
+    // The local mirror of the running agent, on the port it picked.
+    let addr_file = st.app.state.join("mirror.addr");
+    let addr = wait_for("the local mirror's address", STAGE_TIMEOUT, POLL, || {
+        Ok(std::fs::read_to_string(&addr_file)
+            .ok()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty()))
+    })?;
+    if have("curl") {
+        let len = vm_fetches_and_verifies(&format!("http://{addr}"), NEW)
+            .map_err(|e| e.context(format!("updater log:\n{}", st.app.log_tail())))?;
+        assert!(len > 0);
+    } else {
+        eprintln!("SKIP: the VM-side curl part: curl is not installed (make deps installs it)");
+    }
+
+    // The install window is the whole day here: the old fallback restarted within seconds.
+    std::thread::sleep(NO_RESTART_WATCH);
+    assert_eq!(
+        st.app.restart_requests(),
+        0,
+        "restarted without a VAR window; log:\n{}",
+        st.app.log_tail()
+    );
+    st.gw.cli_ok(&["appliances", "restart", &st.id])?;
+    wait_for("the explicit restart request", STAGE_TIMEOUT, POLL, || {
+        Ok((st.app.restart_requests() > 0).then_some(()))
+    })
+    .map_err(|e| e.context(format!("updater log:\n{}", st.app.log_tail())))?;
     st.app.stop()?;
     Ok(())
 }

@@ -14,8 +14,9 @@
 //!   `mirror.listen` ([`crate::serve::serve`]);
 //! * installs the newest mirrored version into the inactive slot while the install window is
 //!   open;
-//! * runs the restart command at the appliance's spread point inside the VAR's window (or, with
-//!   no VAR window, inside the install window), or at once after a `restart` command;
+//! * runs the restart command at the appliance's spread point inside the VAR's window, or at
+//!   once after a `restart` command; with no VAR window it never restarts by itself: the staged
+//!   version waits, reported as `pending restart`, for a window or an explicit `restart`;
 //! * posts an [`UpdateState`] to `/v1/update-state` whenever the report changes.
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,9 @@ use crate::windows::Window;
 
 /// The agent's state file in its state directory.
 pub const STATE_FILE: &str = "state.json";
+/// File in the state directory holding the local mirror's bound address (`127.0.0.1:8080`),
+/// written by `run` once it listens.
+pub const MIRROR_ADDR_FILE: &str = "mirror.addr";
 /// Largest state file read.
 const MAX_STATE_BYTES: u64 = 1024 * 1024;
 /// Long-poll wait asked of the gateway.
@@ -113,6 +117,22 @@ pub struct Staged {
     pub sha256: String,
 }
 
+/// Which step a recorded error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorSource {
+    /// Mirror sync.
+    Sync,
+    /// Install into the inactive slot.
+    Install,
+    /// Boot check or a staged version that did not boot.
+    Boot,
+    /// The restart command.
+    Restart,
+    /// The local mirror server could not listen.
+    Serve,
+}
+
 /// What the agent remembers across restarts (`state.json`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -127,7 +147,7 @@ pub struct AgentState {
     pub restart_done: bool,
     /// An operator asked for a restart (`restart` command) that has not run yet.
     pub restart_requested: bool,
-    /// The VAR's window; `None`: the install window is used for restarts.
+    /// The VAR's window; `None`: no restart by the agent itself (only an explicit `restart`).
     pub window: Option<WindowSpec>,
     /// Newest mirrored version and its bundle.
     pub mirrored_version: Option<String>,
@@ -135,6 +155,8 @@ pub struct AgentState {
     pub mirrored_bundle: Option<PathBuf>,
     /// Last error, with what failed.
     pub last_error: Option<String>,
+    /// What [`Self::last_error`] came from, so a later success of the same kind clears it.
+    pub last_error_from: Option<ErrorSource>,
     /// Versions that failed their boot; the loop does not install them again (an explicit
     /// `outpost-updater install BUNDLE` still does).
     pub rejected: Vec<String>,
@@ -163,15 +185,49 @@ impl AgentState {
         }
     }
 
-    /// The window restarts wait for: the VAR's, or else the install window.
+    /// Records a failure as the last error.
+    pub fn set_error(&mut self, from: ErrorSource, msg: String) {
+        self.last_error = Some(msg);
+        self.last_error_from = Some(from);
+    }
+
+    /// A success of kind `from`: clears the last error when it came from the same kind (a
+    /// later good sync clears a sync failure, not a health-check failure). A successful
+    /// install clears every error: it is the outcome the others were in the way of.
+    pub fn clear_error(&mut self, from: ErrorSource) {
+        if from == ErrorSource::Install || self.last_error_from == Some(from) {
+            self.last_error = None;
+            self.last_error_from = None;
+        }
+    }
+
+    /// Records a sync's outcome: the newest mirrored version, or the failure; a good sync
+    /// clears an earlier sync failure.
+    pub fn record_sync(&mut self, r: &SyncResult) {
+        match r {
+            Ok(latest) => {
+                if let Some((version, bundle)) = latest {
+                    self.mirrored_version = Some(version.clone());
+                    self.mirrored_bundle = Some(bundle.clone());
+                }
+                self.clear_error(ErrorSource::Sync);
+            }
+            Err(e) => self.set_error(ErrorSource::Sync, format!("mirror sync failed: {e}")),
+        }
+    }
+
+    /// The window restarts wait for: the VAR's, and only the VAR's. `Ok(None)` when none is
+    /// set: the agent then never restarts by itself (an explicit `restart` still does).
     ///
     /// # Errors
     /// When the stored VAR window is invalid (it was checked on receipt, so only after a
     /// time-zone database change).
-    pub fn restart_window(&self, cfg: &Config) -> Result<Window, String> {
+    pub fn restart_window(&self) -> Result<Option<Window>, String> {
         match &self.window {
-            Some(w) if !w.ranges.is_empty() => Window::parse(w).map_err(|e| e.to_string()),
-            _ => Ok(cfg.install_window.clone()),
+            Some(w) if !w.ranges.is_empty() => {
+                Window::parse(w).map(Some).map_err(|e| e.to_string())
+            }
+            _ => Ok(None),
         }
     }
 
@@ -184,8 +240,8 @@ impl AgentState {
         if self.staged.is_none() || self.restart_done {
             return None;
         }
-        self.restart_window(cfg)
-            .ok()?
+        self.restart_window()
+            .ok()??
             .restart_time(now, id, cfg.spread_max)
     }
 
@@ -215,6 +271,22 @@ impl AgentState {
             reported_at_ms: 0,
         }
     }
+}
+
+/// Writes the local mirror's bound address into [`MIRROR_ADDR_FILE`] in `dir` (temporary
+/// name, rename).
+///
+/// # Errors
+/// [`AgentError::State`] naming the file.
+pub fn write_mirror_addr(dir: &Path, addr: std::net::SocketAddr) -> Result<(), AgentError> {
+    let path = dir.join(MIRROR_ADDR_FILE);
+    let tmp = dir.join(format!(".{MIRROR_ADDR_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| AgentError::State {
+            path,
+            reason: e.to_string(),
+        })
 }
 
 /// Loads `state.json` from `dir`; a missing file is a fresh state.
@@ -305,7 +377,7 @@ pub fn install_bundle(
 ) -> Result<Option<Installed>, AgentError> {
     let result = install_inner(cfg, state, bundle);
     if let Err(e) = &result {
-        state.last_error = Some(format!("install failed: {e}"));
+        state.set_error(ErrorSource::Install, format!("install failed: {e}"));
     }
     result
 }
@@ -338,7 +410,7 @@ fn install_inner(
         sha256: installed.sha256.clone(),
     });
     state.restart_done = false;
-    state.last_error = None;
+    state.clear_error(ErrorSource::Install);
     info!(%version, slot = %installed.slot, entry = %installed.entry, bytes = installed.bytes, "installed and marked to boot next");
     Ok(Some(installed))
 }
@@ -393,7 +465,7 @@ pub fn boot_check(
             Ok(()) => {
                 bootcount::bless(&cfg.slots.esp, slot)?;
                 state.staged = None;
-                state.last_error = None;
+                state.clear_error(ErrorSource::Boot);
                 info!(%slot, %version, "health check passed; slot committed");
                 BootCheck::Committed { slot }
             }
@@ -407,7 +479,7 @@ pub fn boot_check(
                     slot.other()
                 );
                 warn!("{msg}");
-                state.last_error = Some(msg);
+                state.set_error(ErrorSource::Boot, msg);
                 BootCheck::Failed { slot, reason }
             }
         });
@@ -419,7 +491,7 @@ pub fn boot_check(
                 st.version, st.slot
             );
             warn!("{msg}");
-            state.last_error = Some(msg);
+            state.set_error(ErrorSource::Boot, msg);
             if let Some(other) = Slot::parse(&st.slot) {
                 state.set_version(other, None);
             }
@@ -695,7 +767,7 @@ pub fn apply_action(state: &mut AgentState, action: Action) -> String {
     match action {
         Action::SetWindow(None) => {
             state.window = None;
-            "window cleared; restarts use the install window".into()
+            "window cleared; no restart until a window is set or a restart is asked for".into()
         }
         Action::SetWindow(Some(w)) => {
             state.window = Some(w);
@@ -731,16 +803,33 @@ pub async fn run(
     });
 
     if let Some(listen) = cfg.mirror_listen {
-        let store = cfg.state_dir.join("mirror");
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let sd = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = crate::serve::serve(listen, store, sd).await {
-                warn!("local mirror on {listen} stopped: {e}");
+        match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => {
+                state.clear_error(ErrorSource::Serve);
+                // The bound address (port 0 picks one) for the VMs' provisioning and tests.
+                if let Ok(addr) = listener.local_addr() {
+                    info!(%addr, "local mirror listening");
+                    if let Err(e) = write_mirror_addr(&cfg.state_dir, addr) {
+                        warn!("{e}");
+                    }
+                }
+                let store = cfg.state_dir.join("mirror");
+                let mut stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    let sd = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = crate::serve::serve_on(listener, store, sd).await {
+                        warn!("local mirror on {listen} stopped: {e}");
+                    }
+                });
             }
-        });
+            Err(e) => {
+                let msg = format!("local mirror not served: cannot listen on {listen}: {e}");
+                warn!("{msg}");
+                state.set_error(ErrorSource::Serve, msg);
+            }
+        }
     }
 
     // Commands queued while we were down come first: the VAR's window decides what we do.
@@ -802,14 +891,11 @@ pub async fn run(
         {
             if let Some(t) = sync_task.take() {
                 match t.await {
-                    Ok(Ok(Some((version, bundle)))) => {
-                        state.mirrored_version = Some(version);
-                        state.mirrored_bundle = Some(bundle);
-                    }
-                    Ok(Ok(None)) => {}
-                    Ok(Err(e)) => {
-                        warn!("mirror sync failed: {e}");
-                        state.last_error = Some(format!("mirror sync failed: {e}"));
+                    Ok(r) => {
+                        if let Err(e) = &r {
+                            warn!("mirror sync failed: {e}");
+                        }
+                        state.record_sync(&r);
                     }
                     Err(e) => warn!("mirror sync task: {e}"),
                 }
@@ -863,9 +949,12 @@ pub async fn run(
             state.restart_done = true;
             save_state(&cfg.state_dir, &state)?;
             info!(explicit, "restart due");
-            if let Err(e) = restart(&cfg).await {
-                warn!("{e}");
-                state.last_error = Some(e.to_string());
+            match restart(&cfg).await {
+                Ok(()) => state.clear_error(ErrorSource::Restart),
+                Err(e) => {
+                    warn!("{e}");
+                    state.set_error(ErrorSource::Restart, e.to_string());
+                }
             }
         }
 
@@ -997,6 +1086,130 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("Nope/Nope"), "{e}");
         assert!(parse_command(&cmd("ping", json!({}))).is_err());
+    }
+
+    fn test_config() -> Config {
+        let p = Path::new("/etc/outpost/updater.toml");
+        crate::config::RawConfig::parse(p, "box_tz = \"UTC\"\n")
+            .unwrap()
+            .resolve(p, Path::new("/etc/outpost"))
+            .unwrap()
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn staged_state() -> AgentState {
+        AgentState {
+            staged: Some(Staged {
+                slot: "b".into(),
+                version: "1.1.0".into(),
+                sha256: "00".into(),
+            }),
+            ..AgentState::default()
+        }
+    }
+
+    /// Regression: with no VAR window the agent restarted inside the install window.
+    #[test]
+    fn without_a_var_window_a_staged_version_waits_for_an_explicit_restart() {
+        let cfg = test_config();
+        let mut st = staged_state();
+        assert!(cfg.install_window.is_open(ts("2026-11-24T02:00:00Z")));
+        // Inside the install window (01:00-05:00 UTC) and outside it: never by itself.
+        for now in [
+            "2026-11-24T02:00:00Z",
+            "2026-11-24T04:59:00Z",
+            "2026-11-24T12:00:00Z",
+        ] {
+            let now = ts(now);
+            assert_eq!(st.restart_window(), Ok(None));
+            assert_eq!(st.restart_at(&cfg, "app-1", now), None, "{now}");
+            let r = st.report(&cfg, Some(Slot::A), "app-1", now);
+            assert!(r.pending_restart, "{r:?}");
+            assert_eq!(r.restart_at_ms, None, "{r:?}");
+        }
+        // An empty VAR window is no window either.
+        st.window = Some(WindowSpec {
+            tz: "UTC".into(),
+            ranges: Vec::new(),
+        });
+        assert_eq!(
+            st.restart_at(&cfg, "app-1", ts("2026-11-24T02:00:00Z")),
+            None
+        );
+        // The operator's explicit restart still goes through, at once.
+        let now = ts("2026-11-24T12:00:00Z");
+        apply_action(&mut st, Action::Restart);
+        assert_eq!(st.restart_at(&cfg, "app-1", now), Some(now));
+    }
+
+    #[test]
+    fn a_var_window_sets_the_restart_inside_it() {
+        let cfg = test_config();
+        let mut st = staged_state();
+        let w = crate::windows::daily_spec("UTC", "20:00", "22:00");
+        apply_action(&mut st, Action::SetWindow(Some(w)));
+        let now = ts("2026-11-24T12:00:00Z");
+        let at = st.restart_at(&cfg, "app-1", now).unwrap();
+        assert!(
+            at >= ts("2026-11-24T20:00:00Z") && at < ts("2026-11-24T22:00:00Z"),
+            "{at}"
+        );
+        assert!(st.report(&cfg, Some(Slot::A), "app-1", now).pending_restart);
+        // Cleared: back to no restart by itself.
+        let msg = apply_action(&mut st, Action::SetWindow(None));
+        assert!(msg.contains("no restart"), "{msg}");
+        assert_eq!(st.restart_at(&cfg, "app-1", now), None);
+    }
+
+    /// Regression: a sync failure stayed in the report after later syncs succeeded.
+    #[test]
+    fn a_good_sync_clears_an_earlier_sync_error() {
+        let cfg = test_config();
+        let now = ts("2026-11-24T12:00:00Z");
+        let mut st = AgentState::default();
+        st.record_sync(&Err("gateway 127.0.0.1:1: connection refused".into()));
+        let r = st.report(&cfg, Some(Slot::A), "app-1", now);
+        assert!(
+            r.last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("mirror sync failed")),
+            "{r:?}"
+        );
+        st.record_sync(&Ok(None));
+        assert_eq!(
+            st.report(&cfg, Some(Slot::A), "app-1", now).last_error,
+            None
+        );
+        st.record_sync(&Err("timeout".into()));
+        st.record_sync(&Ok(Some(("1.1.0".into(), PathBuf::from("b.tar.zst")))));
+        assert_eq!(st.last_error, None);
+        assert_eq!(st.mirrored_version.as_deref(), Some("1.1.0"));
+        // The error survives a reload of state.json.
+        st.record_sync(&Err("timeout".into()));
+        let dir = tempfile::tempdir().unwrap();
+        save_state(dir.path(), &st).unwrap();
+        let mut st = load_state(dir.path()).unwrap();
+        st.record_sync(&Ok(None));
+        assert_eq!(st.last_error, None);
+    }
+
+    #[test]
+    fn a_good_sync_keeps_a_health_failure_and_a_good_install_clears_everything() {
+        let mut st = AgentState::default();
+        st.set_error(ErrorSource::Boot, "health check failed on slot b".into());
+        st.record_sync(&Ok(None));
+        assert!(st
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("health")));
+        st.set_error(ErrorSource::Install, "install failed: disk".into());
+        st.clear_error(ErrorSource::Sync);
+        assert!(st.last_error.is_some());
+        st.clear_error(ErrorSource::Install);
+        assert_eq!((st.last_error, st.last_error_from), (None, None));
     }
 
     #[test]

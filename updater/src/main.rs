@@ -106,14 +106,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let mut state = agent::load_state(&cfg.state_dir)?;
             let r = agent::sync_mirror(&cfg).await;
             match &r {
-                Ok(Some((v, b))) => {
-                    println!("{v} {}", b.display());
-                    state.mirrored_version = Some(v.clone());
-                    state.mirrored_bundle = Some(b.clone());
-                }
+                Ok(Some((v, b))) => println!("{v} {}", b.display()),
                 Ok(None) => println!("no version in channel {}", cfg.channel),
-                Err(e) => state.last_error = Some(format!("mirror sync failed: {e}")),
+                Err(_) => {}
             }
+            state.record_sync(&r);
             agent::save_state(&cfg.state_dir, &state)?;
             r.map_err(agent::AgentError::Sync)?;
             Ok(())
@@ -217,7 +214,7 @@ fn status(cfg: &Config, json: bool) -> Result<(), CliError> {
     println!(
         "window:           {}",
         report.window.as_ref().map_or_else(
-            || "(none: install window)".to_string(),
+            || "(none: no restart until one is set or asked for)".to_string(),
             |w| serde_json::to_string(w).unwrap_or_default()
         )
     );
