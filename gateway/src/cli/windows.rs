@@ -34,7 +34,8 @@ pub enum WindowsCmd {
         tz: String,
         /// A weekly range "DAYS HH:MM-HH:MM": DAYS is a comma list of mon..sun, each a day
         /// or a span (`mon-fri`); the range starts on those days and ends the next day
-        /// when END is not after START (`22:00-02:00`). Repeat for more ranges.
+        /// when END is not after START (`22:00-02:00`); START == END is the whole day (24 h).
+        /// Repeat for more ranges.
         #[arg(long = "range", value_name = "RANGE", required = true)]
         ranges: Vec<String>,
         #[command(flatten)]
@@ -148,12 +149,9 @@ pub fn parse_range(range: &str) -> Result<WindowRange, String> {
         format!("--range {range:?}: expected HH:MM-HH:MM after the days, got {times:?}")
     })?;
     let start = parse_time(range, start.trim())?;
+    // start == end is the whole day (24 h), as the updater's window maths and
+    // docs/updates.md define it.
     let end = parse_time(range, end.trim())?;
-    if start == end {
-        return Err(format!(
-            "--range {range:?}: start and end are both {start}; a range must not be empty"
-        ));
-    }
     Ok(WindowRange {
         days: DAYS
             .iter()
@@ -396,6 +394,15 @@ mod tests {
         );
     }
 
+    /// Regression: the CLI refused what the updater and docs/updates.md accept.
+    #[test]
+    fn equal_start_and_end_is_accepted_as_the_whole_day() {
+        let r = parse_range("sat 03:00-03:00").unwrap();
+        assert_eq!((r.start.as_str(), r.end.as_str()), ("03:00", "03:00"));
+        let spec = parse_window("UTC", &["sat 03:00-03:00".into()]).unwrap();
+        assert_eq!(describe_ranges(&spec), "sat 03:00-03:00");
+    }
+
     #[test]
     fn bad_values_are_named() {
         for (range, needle) in [
@@ -405,7 +412,6 @@ mod tests {
             ("sat 01:60-02:00", "\"01:60\""),
             ("sat 01:00", "\"01:00\""),
             ("sat", "DAYS HH:MM-HH:MM"),
-            ("sat 03:00-03:00", "must not be empty"),
         ] {
             let e = parse_range(range).unwrap_err();
             assert!(e.contains(needle), "{range}: {e}");
