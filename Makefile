@@ -59,7 +59,8 @@ clean:
 # from outpost-layout. The appliance trusts the CA in OUTPOST_CA_CERT and enrols with the
 # token in OUTPOST_BOOTSTRAP_TOKEN_FILE; without them a demo gateway directory is made once in
 # $(IMAGE_OUT)/gateway (server certificate for 10.0.2.2, auto-approve token for 100
-# appliances, 30 days). Serve it for `make boot` with:
+# appliances, 30 days). `outpost-layout plan --check-tools` first: a missing mkfs, mtools or
+# qemu-img, or not being root, fails before the long rootfs build. Serve it for `make boot` with:
 #   outpost-gateway serve --config $(IMAGE_OUT)/gateway/gateway.toml --listen 127.0.0.1:5723
 IMAGE_OUT ?= $(TARGET_DIR)/appliance
 IMAGE_GATEWAY = $(abspath $(IMAGE_OUT))/gateway
@@ -68,6 +69,7 @@ IMAGE_EPOCH = $(shell sed -n 's/^source_date_epoch *= *\([0-9]*\).*/\1/p' exampl
 .PHONY: image test-e2e
 image:
 	$(CARGO) build -p outpost-collector -p outpost-gateway -p outpost-image -p outpost-layout
+	$(TARGET_DIR)/debug/outpost-layout plan examples/appliance/layout.toml --check-tools --format raw,qcow2
 	@if [ -z "$$OUTPOST_CA_CERT" ] && [ ! -f "$(IMAGE_GATEWAY)/bootstrap-token" ]; then \
 		echo "making a demo gateway in $(IMAGE_GATEWAY)"; \
 		$(TARGET_DIR)/debug/outpost-gateway init --dir "$(IMAGE_GATEWAY)" \

@@ -126,9 +126,20 @@ pub enum SendResult {
     Forbidden(ErrorReply),
     /// Another 4xx: the gateway refuses this batch.
     Rejected(ErrorReply),
+    /// 503 with `Retry-After`: the gateway is alive but shedding load (or its store is
+    /// down for a moment). Not a failure of the connection: no fail-over, no reconnect.
+    Busy {
+        /// What `Retry-After` asked for (capped at [`MAX_RETRY_AFTER`]).
+        retry_after: Duration,
+        /// The full answer.
+        reply: ErrorReply,
+    },
     /// Network error, timeout, 5xx or an unreadable answer.
     Unreachable(String),
 }
+
+/// The longest `Retry-After` the collector honours; a larger value is read as this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// The edge the sender talks through: the real one is HTTPS, tests use a fake.
 pub trait IngestTransport: Send + Sync + 'static {
@@ -168,11 +179,16 @@ impl IngestTransport for HttpsIngest {
             Err(e) => return SendResult::Unreachable(error_chain(&e)),
         };
         let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
         let bytes = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => return SendResult::Unreachable(error_chain(&e)),
         };
-        classify_ingest_answer(status, &bytes)
+        classify_ingest_reply(status, retry_after, &bytes)
     }
 
     async fn probe(&self, gateway: &str) -> bool {
@@ -182,6 +198,33 @@ impl IngestTransport for HttpsIngest {
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+/// A `Retry-After` in seconds (the HTTP-date form is not used by the gateway and is
+/// ignored), capped at [`MAX_RETRY_AFTER`].
+#[must_use]
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+}
+
+/// Reads an ingest answer with its `Retry-After`: a 503 that carries one is
+/// [`SendResult::Busy`], everything else as [`classify_ingest_answer`].
+#[must_use]
+pub fn classify_ingest_reply(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> SendResult {
+    match (status, retry_after) {
+        (503, Some(retry_after)) => SendResult::Busy {
+            retry_after,
+            reply: ErrorReply::parse(status, body),
+        },
+        _ => classify_ingest_answer(status, body),
     }
 }
 
@@ -201,6 +244,13 @@ pub fn classify_ingest_answer(status: u16, body: &[u8]) -> SendResult {
         _ if reply.is_client_error() => SendResult::Rejected(reply),
         _ => SendResult::Unreachable(reply.to_string()),
     }
+}
+
+/// How long to wait after a 503 with `Retry-After`: `retry_after` plus up to half of it,
+/// by `rng_value` in `[0, 1)`.
+#[must_use]
+pub fn busy_wait(retry_after: Duration, rng_value: f64) -> Duration {
+    retry_after + retry_after.mul_f64(rng_value.clamp(0.0, 1.0) / 2.0)
 }
 
 /// The spool shared by the collecting and the sending task.
@@ -358,6 +408,16 @@ impl<T: IngestTransport> Sender<T> {
                 error!(gateway = %gateway, seq, "gateway refused batch {seq}: {reply}; keeping it and retrying");
                 Ok(Next::Wait(backoff.next_random_delay()))
             }
+            SendResult::Busy { retry_after, reply } => {
+                // The gateway answered: the connection is fine and failing over would only
+                // move the load. Wait at least what it asked, plus up to half again so the
+                // fleet does not come back in step; the backoff is left as it is.
+                self.ring.on_success(Instant::now());
+                self.stats.answered(&gateway);
+                let wait = busy_wait(retry_after, rand::random::<f64>());
+                info!(gateway = %gateway, seq, "gateway is busy ({reply}); sending batch {seq} again in {wait:?}");
+                Ok(Next::Wait(wait))
+            }
             SendResult::Unreachable(why) => {
                 warn!(gateway = %gateway, seq, "sending batch {seq} failed: {why}");
                 self.stats.reconnect();
@@ -457,6 +517,25 @@ mod tests {
             classify_ingest_answer(503, b""),
             SendResult::Unreachable(_)
         ));
+        assert!(matches!(
+            classify_ingest_reply(503, None, b""),
+            SendResult::Unreachable(_)
+        ));
+        assert!(matches!(
+            classify_ingest_reply(
+                503,
+                parse_retry_after("2"),
+                br#"{"error":"overloaded","message":"m"}"#
+            ),
+            SendResult::Busy { retry_after, .. } if retry_after == Duration::from_secs(2)
+        ));
+        assert_eq!(parse_retry_after("86400"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            busy_wait(Duration::from_secs(2), 0.0),
+            Duration::from_secs(2)
+        );
+        assert_eq!(busy_wait(Duration::from_secs(2), 0.999_999).as_secs(), 2);
         assert!(matches!(
             classify_ingest_answer(200, b"nope"),
             SendResult::Unreachable(_)
@@ -594,6 +673,42 @@ mod tests {
         assert_eq!(snap.current_gateway, "b:1");
         assert_eq!(snap.reconnects, 1);
         assert!(snap.send_latency_ms.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_busy_gateway_is_waited_for_not_failed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let busy = Answer::Fixed(classify_ingest_reply(
+            503,
+            Some(Duration::from_secs(3)),
+            br#"{"error":"overloaded","message":"busy"}"#,
+        ));
+        let (mut s, gw) = sender(dir.path(), vec![busy, ack(1, 1)]);
+        append(&s, vec![metrics(1)]);
+        let mut b = Backoff::default();
+        match s.step(&mut b).await.unwrap() {
+            Next::Wait(d) => assert!(
+                d >= Duration::from_secs(3) && d <= Duration::from_millis(4500),
+                "{d:?}"
+            ),
+            other => panic!("expected a wait, got {other:?}"),
+        }
+        assert_eq!(b.attempts(), 0, "a busy answer is not a failure");
+        assert_eq!(s.step(&mut b).await.unwrap(), Next::Continue);
+        let sent: Vec<String> = gw
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|x| x.gateway.clone())
+            .collect();
+        assert_eq!(
+            sent,
+            vec!["a:1", "a:1"],
+            "no fail-over on 503 with Retry-After"
+        );
+        assert_eq!(s.stats.snapshot().reconnects, 0);
+        assert_eq!(spool_stats(&s).records, 0);
     }
 
     #[tokio::test]

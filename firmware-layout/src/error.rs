@@ -109,6 +109,14 @@ pub enum LayoutError {
     /// Reading a partition table failed.
     #[error(transparent)]
     Gpt(#[from] crate::gpt::GptError),
+    /// The process is not root where root is needed.
+    #[error("must run as root to {why} (running as uid {uid}); use sudo")]
+    NotRoot {
+        /// The effective uid.
+        uid: u32,
+        /// What needs root.
+        why: String,
+    },
     /// A command-line value is invalid.
     #[error("{flag}: {message}")]
     Usage {

@@ -92,8 +92,9 @@ pub struct BuildOptions {
     pub out_dir: PathBuf,
     /// Formats; raw is always made.
     pub formats: Vec<Format>,
-    /// SOURCE_DATE_EPOCH for every time stamp.
-    pub epoch: u64,
+    /// SOURCE_DATE_EPOCH for every time stamp; `None`: the `source_date_epoch` of the
+    /// `manifest.json` next to `rootfs` (an error when there is none).
+    pub epoch: Option<u64>,
 }
 
 /// `layout.json`: the built image described for tools and people.
@@ -220,6 +221,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildDescription, LayoutError> {
             message: "not found or not a file".into(),
         });
     }
+    let epoch = match opts.epoch {
+        Some(e) => e,
+        None => rootfs::epoch_of_manifest_beside(&opts.rootfs)?,
+    };
     std::fs::create_dir_all(&opts.out_dir).map_err(LayoutError::io("create", &opts.out_dir))?;
     let work = tempfile::Builder::new()
         .prefix(".outpost-layout-")
@@ -231,7 +236,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildDescription, LayoutError> {
     tracing::info!(rootfs = %opts.rootfs.display(), "stage 1/5: unpacking the root file system");
     let tree_dir = work.path().join("rootfs");
     std::fs::create_dir(&tree_dir).map_err(LayoutError::io("create", &tree_dir))?;
-    let tree = rootfs::unpack_rootfs(&opts.rootfs, &tree_dir, opts.epoch)?;
+    let tree = rootfs::unpack_rootfs(&opts.rootfs, &tree_dir, epoch)?;
     check_root_sizes(&opts.layout, &layout, &plan, &tree, &opts.rootfs)?;
     let kernel = rootfs::find_kernel(&tree.dir, &opts.rootfs)?;
     let sd_boot = rootfs::find_systemd_boot(&tree.dir)?;
@@ -265,14 +270,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildDescription, LayoutError> {
                     ));
                 }
                 let id = derive_volume_id(&seed, &format!("vfat:{}", p.label));
-                fsbuild::make_vfat(&file, size, &p.label, id, &esp_dir, opts.epoch)?;
+                fsbuild::make_vfat(&file, size, &p.label, id, &esp_dir, epoch)?;
                 true
             }
             (Contents::Empty, FsKind::Vfat) => {
                 let empty = work.path().join(format!("empty{}", p.number));
                 std::fs::create_dir(&empty).map_err(LayoutError::io("create", &empty))?;
                 let id = derive_volume_id(&seed, &format!("vfat:{}", p.label));
-                fsbuild::make_vfat(&file, size, &p.label, id, &empty, opts.epoch)?;
+                fsbuild::make_vfat(&file, size, &p.label, id, &empty, epoch)?;
                 true
             }
             (contents, FsKind::Ext4) => {
@@ -284,7 +289,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildDescription, LayoutError> {
                     source: rootfs.then_some(tree.dir.as_path()),
                     mtimes: rootfs.then_some(&tree.mtimes),
                     inodes: rootfs.then(|| fsbuild::ext4_inode_count(tree.inodes)),
-                    epoch: opts.epoch,
+                    epoch,
                 };
                 tracing::info!(partition = %p.label, "mkfs.ext4");
                 fsbuild::make_ext4(&file, size, &spec)?;
@@ -292,7 +297,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildDescription, LayoutError> {
             }
             (Contents::Rootfs, FsKind::Erofs) => {
                 let uuid = Guid::derive(&seed, &format!("fs:{}", p.label));
-                let len = fsbuild::make_erofs(&file, &p.label, uuid, &tree.dir, opts.epoch)?;
+                let len = fsbuild::make_erofs(&file, &p.label, uuid, &tree.dir, epoch)?;
                 if len > size {
                     return Err(too_small(
                         &opts.layout,
@@ -370,7 +375,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildDescription, LayoutError> {
     let desc = BuildDescription {
         name: layout.name.clone(),
         seed,
-        source_date_epoch: opts.epoch,
+        source_date_epoch: epoch,
         disk_size: plan.total_sectors * ss,
         sector_size: ss,
         disk_guid: plan.disk_guid,

@@ -13,6 +13,44 @@ pub const MAX_ROOTFS_ENTRIES: u64 = 4_000_000;
 /// Where systemd-boot's EFI binary lives, in the rootfs and on the build host.
 pub const SYSTEMD_BOOT_EFI: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
+/// The manifest `outpost-image` writes next to `rootfs.tar.zst`.
+pub const ROOTFS_MANIFEST: &str = "manifest.json";
+/// Largest manifest read for its epoch.
+pub const MAX_MANIFEST_BYTES: u64 = 512 * 1024 * 1024;
+
+/// The `source_date_epoch` of the `manifest.json` next to a rootfs archive: the epoch the
+/// layout's file-system times take when `SOURCE_DATE_EPOCH` is not given, so the disk image
+/// gets the recipe's times rather than 1970.
+///
+/// # Errors
+/// [`LayoutError::Rootfs`] naming the manifest when it is missing, too big, not JSON or has no
+/// integer `source_date_epoch` (the message says to pass `--source-date-epoch`).
+pub fn epoch_of_manifest_beside(archive: &Path) -> Result<u64, LayoutError> {
+    let manifest = archive
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join(ROOTFS_MANIFEST);
+    let bad = |why: String| {
+        LayoutError::Rootfs {
+        path: archive.to_path_buf(),
+        message: format!(
+            "no time stamp for the file systems: SOURCE_DATE_EPOCH / --source-date-epoch is not set and {}: {why}",
+            manifest.display()
+        ),
+    }
+    };
+    let meta = std::fs::metadata(&manifest).map_err(|e| bad(e.to_string()))?;
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err(bad(format!("larger than {MAX_MANIFEST_BYTES} bytes")));
+    }
+    let bytes = std::fs::read(&manifest).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    v.get("source_date_epoch")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| bad("has no integer `source_date_epoch`".into()))
+}
+
 /// An unpacked root file system.
 #[derive(Debug)]
 pub struct RootfsTree {
@@ -199,6 +237,29 @@ pub fn find_systemd_boot(tree: &Path) -> Result<PathBuf, LayoutError> {
 mod tests {
     use super::*;
     use std::cmp::Ordering;
+
+    #[test]
+    fn epoch_comes_from_the_manifest_beside_the_archive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let archive = dir.path().join("rootfs.tar.zst");
+        let err = epoch_of_manifest_beside(&archive).unwrap_err().to_string();
+        assert!(
+            err.contains("SOURCE_DATE_EPOCH") && err.contains("manifest.json"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join(ROOTFS_MANIFEST), "{\"name\": \"x\"}").expect("write");
+        let err = epoch_of_manifest_beside(&archive).unwrap_err().to_string();
+        assert!(err.contains("source_date_epoch"), "{err}");
+        std::fs::write(
+            dir.path().join(ROOTFS_MANIFEST),
+            "{\"source_date_epoch\": 1735689600, \"files\": []}",
+        )
+        .expect("write");
+        assert_eq!(
+            epoch_of_manifest_beside(&archive).expect("epoch"),
+            1_735_689_600
+        );
+    }
 
     #[test]
     fn kernel_versions_sort_numerically() {

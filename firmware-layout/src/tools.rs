@@ -109,6 +109,38 @@ pub fn require(tools: &[Tool]) -> Result<(), LayoutError> {
     Ok(())
 }
 
+/// The effective user id of this process (from `/proc/self/status`), if it can be read.
+#[must_use]
+pub fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_effective_uid(&status)
+}
+
+/// The effective uid from the `Uid:` line of a `/proc/PID/status` text (real, effective,
+/// saved, file system).
+#[must_use]
+pub fn parse_effective_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|id| id.parse().ok())
+}
+
+/// Checks that this process runs as root (`why` says what needs it).
+///
+/// # Errors
+/// [`LayoutError::NotRoot`] when the effective uid is known and not 0.
+pub fn require_root(why: &str) -> Result<(), LayoutError> {
+    match effective_uid() {
+        Some(uid) if uid != 0 => Err(LayoutError::NotRoot {
+            uid,
+            why: why.into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Runs `cmd` to completion; on failure the error names the tool, `doing` and stderr's tail.
 /// Returns stdout.
 ///
@@ -141,4 +173,20 @@ pub fn run(tool: Tool, cmd: &mut Command, doing: &str) -> Result<Vec<u8>, Layout
         status: out.status.to_string(),
         stderr: tail,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_uid_is_the_second_uid_field() {
+        let status = "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n";
+        assert_eq!(parse_effective_uid(status), Some(0));
+        assert_eq!(parse_effective_uid("Name:\tx\n"), None);
+        assert!(
+            effective_uid().is_some(),
+            "/proc/self/status has a Uid line"
+        );
+    }
 }

@@ -197,6 +197,12 @@ impl Fixture {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("layout.toml"), SMALL_LAYOUT)?;
         write_rootfs(&dir.path().join("rootfs.tar.zst"))?;
+        // What outpost-image writes beside the archive: a build without an epoch takes its
+        // source_date_epoch.
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            format!("{{\"source_date_epoch\": {EPOCH}, \"files\": []}}"),
+        )?;
         Ok(Fixture { dir })
     }
     fn path(&self, p: &str) -> PathBuf {
@@ -210,7 +216,7 @@ impl Fixture {
             .args(extra)
             .output()?)
     }
-    /// `outpost-layout build` of fixture files, without an epoch.
+    /// `outpost-layout build` of fixture files, without an epoch (the manifest's is used).
     fn build_cmd(&self, layout: &str, rootfs: &str, out: &str) -> Command {
         let mut c = Command::new(BIN);
         c.arg("build")
@@ -606,6 +612,51 @@ fn missing_tool_is_named_with_its_package() -> Result<()> {
         .env("PATH", &empty)
         .output()?;
     failed_naming(&out, 3, &["mkfs.vfat not found on PATH", "dosfstools"])?;
+    no_leftovers(&fx.path("out"))?;
+    Ok(())
+}
+
+#[test]
+fn plan_check_tools_names_a_missing_tool_before_any_build() -> Result<()> {
+    let fx = Fixture::new()?;
+    let empty = fx.path("empty-path");
+    std::fs::create_dir(&empty)?;
+    let out = Command::new(BIN)
+        .arg("plan")
+        .arg(fx.path("layout.toml"))
+        .args(["--check-tools", "--format", "raw,qcow2"])
+        .env("PATH", &empty)
+        .output()?;
+    failed_naming(&out, 3, &["mkfs.vfat not found on PATH", "dosfstools"])?;
+    // Without --check-tools, plan needs no tool.
+    let out = Command::new(BIN)
+        .arg("plan")
+        .arg(fx.path("layout.toml"))
+        .env("PATH", &empty)
+        .output()?;
+    ok(out)?;
+    if have_tools(&["qemu-img"]) {
+        ok(Command::new(BIN)
+            .arg("plan")
+            .arg(fx.path("layout.toml"))
+            .args(["--check-tools", "--format", "raw,qcow2"])
+            .output()?)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn build_without_an_epoch_or_manifest_is_refused_naming_both() -> Result<()> {
+    if !have_tools(&[]) {
+        return Ok(());
+    }
+    let fx = Fixture::new()?;
+    std::fs::remove_file(fx.path("manifest.json"))?;
+    let out = fx
+        .build_cmd("layout.toml", "rootfs.tar.zst", "out")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()?;
+    failed_naming(&out, 1, &["SOURCE_DATE_EPOCH", "manifest.json"])?;
     no_leftovers(&fx.path("out"))?;
     Ok(())
 }

@@ -21,7 +21,7 @@ use outpost_proto::{
     EnrollResponse, ErrorBody, IngestAck, IngestBatch, MAX_LONG_POLL_SECS, MAX_RECORDS_PER_BATCH,
 };
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::ca::{self, Ca};
@@ -38,6 +38,8 @@ pub const MAX_COMMAND_OUTPUT: usize = 64 * 1024;
 pub const ENROLL_RETRY_SECS: u64 = 3;
 /// A delivered command unanswered for this long is handed out again.
 pub const REDELIVER_AFTER: Duration = Duration::from_secs(120);
+/// `Retry-After` of a 503 for a store failure, seconds.
+pub const STORE_RETRY_AFTER_SECS: u32 = 5;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -52,6 +54,8 @@ pub struct AppState {
     pub commands_changed: watch::Receiver<u64>,
     /// Flips to true when the gateway shuts down (ends long-polls early).
     pub shutdown: watch::Receiver<bool>,
+    /// One permit per ingest request being handled (`max_ingest_in_flight`).
+    pub ingest_permits: Arc<Semaphore>,
 }
 
 /// A refusal: status, code and message, sent as [`ErrorBody`] JSON.
@@ -61,6 +65,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     expected_seq: Option<u64>,
+    retry_after_secs: Option<u32>,
 }
 
 impl ApiError {
@@ -72,6 +77,7 @@ impl ApiError {
             code,
             message: message.into(),
             expected_seq: None,
+            retry_after_secs: None,
         }
     }
 }
@@ -108,10 +114,44 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            let secs = self.retry_after_secs.unwrap_or(STORE_RETRY_AFTER_SECS);
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+/// A place among the ingest requests being handled (`max_ingest_in_flight`), taken before
+/// anything else (certificate lookup, body) so an overloaded gateway refuses at once and
+/// cheaply: 503 `overloaded` with `Retry-After`, nothing read, nothing stored.
+#[derive(Debug)]
+pub struct IngestSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl FromRequestParts<AppState> for IngestSlot {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        _parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match Arc::clone(&state.ingest_permits).try_acquire_owned() {
+            Ok(p) => Ok(Self { _permit: p }),
+            Err(_) => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    format!(
+                        "the gateway is handling {} batches already; retry after the delay",
+                        state.cfg.max_ingest_in_flight
+                    ),
+                );
+                e.retry_after_secs = Some(state.cfg.overload_retry_after_secs);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -462,6 +502,7 @@ async fn enroll_status(
 }
 
 async fn ingest(
+    _slot: IngestSlot,
     State(st): State<AppState>,
     who: Appliance,
     headers: HeaderMap,

@@ -18,6 +18,12 @@ pub const DEFAULT_STORE: &str = "outpost.db";
 pub const DEFAULT_CERT_LIFETIME: &str = "90d";
 /// Default cap on the decompressed size of one ingest batch (64 MiB).
 pub const DEFAULT_MAX_DECOMPRESSED_BYTES: u64 = 64 * 1024 * 1024;
+/// Default cap on ingest requests handled at once; past it the gateway answers 503.
+pub const DEFAULT_MAX_INGEST_IN_FLIGHT: u32 = 256;
+/// Default cap on TLS handshakes in progress at once; later connections wait their turn.
+pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: u32 = 64;
+/// Default `Retry-After` of an overload 503, seconds.
+pub const DEFAULT_OVERLOAD_RETRY_AFTER_SECS: u32 = 2;
 
 /// `gateway.toml` as written by an operator. Unknown keys are refused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +52,17 @@ pub struct RawConfig {
     /// Cap on an ingest batch once decompressed, bytes.
     #[serde(default = "default_max_decompressed")]
     pub max_decompressed_bytes: u64,
+    /// Ingest requests handled at once (body read, decoded, stored); one more is answered
+    /// 503 `overloaded` with `Retry-After` instead of queueing until it times out.
+    #[serde(default = "default_max_ingest_in_flight")]
+    pub max_ingest_in_flight: u32,
+    /// TLS handshakes in progress at once; further connections wait (within the handshake
+    /// timeout) so a reconnect storm cannot take every core and all memory at once.
+    #[serde(default = "default_max_handshakes_in_flight")]
+    pub max_handshakes_in_flight: u32,
+    /// `Retry-After` of an overload 503, seconds.
+    #[serde(default = "default_overload_retry_after_secs")]
+    pub overload_retry_after_secs: u32,
     /// `[feed]`: the vendor's update feed served under `/v1/feed/` (absent: not served).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feed: Option<FeedSection>,
@@ -75,6 +92,15 @@ fn default_max_body() -> u64 {
 fn default_max_decompressed() -> u64 {
     DEFAULT_MAX_DECOMPRESSED_BYTES
 }
+fn default_max_ingest_in_flight() -> u32 {
+    DEFAULT_MAX_INGEST_IN_FLIGHT
+}
+fn default_max_handshakes_in_flight() -> u32 {
+    DEFAULT_MAX_HANDSHAKES_IN_FLIGHT
+}
+fn default_overload_retry_after_secs() -> u32 {
+    DEFAULT_OVERLOAD_RETRY_AFTER_SECS
+}
 
 impl RawConfig {
     /// The config `init` writes: files named relative to the config's directory.
@@ -90,6 +116,9 @@ impl RawConfig {
             cert_lifetime: default_cert_lifetime(),
             max_body_bytes: default_max_body(),
             max_decompressed_bytes: default_max_decompressed(),
+            max_ingest_in_flight: default_max_ingest_in_flight(),
+            max_handshakes_in_flight: default_max_handshakes_in_flight(),
+            overload_retry_after_secs: default_overload_retry_after_secs(),
             feed: None,
         }
     }
@@ -134,6 +163,15 @@ impl RawConfig {
                     self.max_decompressed_bytes, self.max_body_bytes
                 ),
             ));
+        }
+        for (key, v) in [
+            ("max_ingest_in_flight", self.max_ingest_in_flight),
+            ("max_handshakes_in_flight", self.max_handshakes_in_flight),
+            ("overload_retry_after_secs", self.overload_retry_after_secs),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1".into()));
+            }
         }
         if self.store.trim().is_empty() {
             return Err(bad("store", "must not be empty".into()));
@@ -201,6 +239,12 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     /// Decompressed batch cap, bytes.
     pub max_decompressed_bytes: u64,
+    /// Ingest requests handled at once.
+    pub max_ingest_in_flight: u32,
+    /// TLS handshakes in progress at once.
+    pub max_handshakes_in_flight: u32,
+    /// `Retry-After` of an overload 503, seconds.
+    pub overload_retry_after_secs: u32,
     /// The update feed's directory, when `[feed]` is set.
     pub feed_dir: Option<PathBuf>,
 }
@@ -259,6 +303,9 @@ impl GatewayConfig {
                 .unwrap_or(Duration::from_secs(90 * 86_400)),
             max_body_bytes: raw.max_body_bytes,
             max_decompressed_bytes: raw.max_decompressed_bytes,
+            max_ingest_in_flight: raw.max_ingest_in_flight,
+            max_handshakes_in_flight: raw.max_handshakes_in_flight,
+            overload_retry_after_secs: raw.overload_retry_after_secs,
             feed_dir: raw.feed.as_ref().map(|f| at(&f.dir)),
         }
     }
@@ -290,6 +337,15 @@ server_key = "server-key.pem"
         );
         assert_eq!(cfg.ca_key, PathBuf::from("gw/ca-key.pem"));
         assert_eq!(cfg.cert_lifetime, Duration::from_secs(90 * 86_400));
+        assert_eq!(cfg.max_ingest_in_flight, DEFAULT_MAX_INGEST_IN_FLIGHT);
+        assert_eq!(
+            cfg.max_handshakes_in_flight,
+            DEFAULT_MAX_HANDSHAKES_IN_FLIGHT
+        );
+        assert_eq!(
+            cfg.overload_retry_after_secs,
+            DEFAULT_OVERLOAD_RETRY_AFTER_SECS
+        );
     }
 
     #[test]
@@ -318,6 +374,10 @@ server_key = "server-key.pem"
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_body_bytes"), "{err}");
+        let err = parse(&format!("{MINIMAL}\nmax_ingest_in_flight = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_ingest_in_flight"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! client certificate can be attached to each request), and hands the connection to hyper
 //! with the axum router. On shutdown it stops accepting, ends long-polls, and drains the
 //! requests in flight before the store is closed, so no acknowledged batch is lost.
+//! At most `max_handshakes_in_flight` handshakes run at once (a reconnect storm waits its
+//! turn within the handshake timeout); the ingest limit is in `api` (`IngestSlot`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
@@ -70,6 +72,12 @@ pub async fn serve(
     }
     info!(addr = %bound, store = %cfg.store.redacted(), "listening on {bound}");
 
+    // (ingest requests, TLS handshakes) handled at once.
+    let cfg_limits = (
+        usize::try_from(cfg.max_ingest_in_flight).unwrap_or(usize::MAX),
+        usize::try_from(cfg.max_handshakes_in_flight).unwrap_or(usize::MAX),
+    );
+    let handshakes = Arc::new(Semaphore::new(cfg_limits.1));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (cmd_tx, cmd_rx) = watch::channel(0u64);
     let watcher = tokio::spawn(watch_commands(store.clone(), cmd_tx, stop_rx.clone()));
@@ -79,6 +87,7 @@ pub async fn serve(
         cfg: Arc::new(cfg),
         commands_changed: cmd_rx,
         shutdown: stop_rx,
+        ingest_permits: Arc::new(Semaphore::new(cfg_limits.0)),
     };
     let app = api::router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -99,9 +108,16 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let handshakes = Arc::clone(&handshakes);
         let conn_watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            // Waiting for a handshake slot counts against the handshake timeout: a client
+            // that queued too long gives up and retries with its backoff.
+            let handshake = async {
+                let _slot = handshakes.acquire_owned().await;
+                acceptor.accept(tcp).await
+            };
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "TLS handshake refused");

@@ -478,7 +478,11 @@ impl Sim {
             },
             503 => {
                 sh.busy.fetch_add(1, Ordering::Relaxed);
-                sh.error("ingest_http_503".into());
+                sh.error(if after.is_some() {
+                    "ingest_http_503".into()
+                } else {
+                    "ingest_http_503_without_retry_after".into()
+                });
                 SendOutcome::Busy(after.unwrap_or(Duration::from_secs(5)))
             }
             409 => {

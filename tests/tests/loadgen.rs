@@ -78,3 +78,49 @@ fn loadgen_counts_match_what_the_gateway_stored() {
     assert_eq!(r.gateway_usage.len(), 1);
     assert!(r.gateway_usage[0].rss_end_kib > 0);
 }
+
+#[test]
+fn an_overloaded_gateway_sheds_with_503_and_loses_nothing_acknowledged() {
+    let work = Workdir::new("loadgen-shed").expect("workdir");
+    let mut gw = Gateway::init_loopback(&work.join("gw")).expect("gateway init");
+    gw.set_config("max_ingest_in_flight", 1).expect("config");
+    gw.set_config("overload_retry_after_secs", 1)
+        .expect("config");
+    gw.start().expect("gateway start");
+    let token = gw
+        .token_create("load", true, Some("1h"), Some(40))
+        .expect("token");
+    let mut s = settings(&gw, token, 40, 10);
+    s.interval = Duration::from_millis(500);
+    let r = run(s);
+
+    assert!(
+        r.busy_answers > 0,
+        "with one ingest at a time and 40 appliances every 0.5 s some batches are shed: {r:?}"
+    );
+    assert!(
+        !r.errors.contains_key("ingest_http_503_without_retry_after"),
+        "every 503 carries Retry-After: {:?}",
+        r.errors
+    );
+    let unexpected: Vec<&String> = r
+        .errors
+        .keys()
+        .filter(|k| k.as_str() != "ingest_http_503")
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "only overload refusals: {:?}",
+        r.errors
+    );
+    let (batches, records, _) = stored(&gw);
+    assert_eq!(
+        r.batches_acked, batches,
+        "acknowledged batches = stored batches"
+    );
+    assert_eq!(
+        r.records_acked, records,
+        "acknowledged records = stored records"
+    );
+    assert!(r.batches_acked > 0, "some batches got through: {r:?}");
+}

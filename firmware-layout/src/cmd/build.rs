@@ -20,9 +20,10 @@ pub struct BuildArgs {
     /// Comma-separated formats besides the always-made raw: qcow2, vhdx, vmdk.
     #[arg(long, default_value = "raw")]
     format: String,
-    /// Time stamp for every file-system time (seconds since 1970).
-    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
-    source_date_epoch: u64,
+    /// Time stamp for every file-system time (seconds since 1970); default: the
+    /// `source_date_epoch` of the manifest.json next to --rootfs.
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    source_date_epoch: Option<u64>,
     /// Print layout.json to standard output when done.
     #[arg(long)]
     json: bool,

@@ -15,7 +15,9 @@ pub fn exit_code(e: &LayoutError) -> u8 {
         | LayoutError::TooSmall { .. }
         | LayoutError::TooLarge { .. }
         | LayoutError::Usage { .. } => 2,
-        LayoutError::MissingTool { .. } | LayoutError::MissingFile { .. } => 3,
+        LayoutError::MissingTool { .. }
+        | LayoutError::MissingFile { .. }
+        | LayoutError::NotRoot { .. } => 3,
         LayoutError::ToolFailed { .. } => 4,
         _ => 1,
     }

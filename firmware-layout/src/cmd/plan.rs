@@ -2,7 +2,8 @@
 
 use clap::Args;
 use outpost_layout::config::format_size;
-use outpost_layout::image::load_and_plan;
+use outpost_layout::image::{load_and_plan, needed_tools, Format};
+use outpost_layout::tools;
 use outpost_layout::LayoutError;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,11 +16,26 @@ pub struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     json: bool,
+    /// Also check that `build` can run here: every external tool it needs for this layout and
+    /// the formats in --format is installed, and this process is root. Run before a long
+    /// rootfs build (`make image` does).
+    #[arg(long)]
+    check_tools: bool,
+    /// Formats `build` will make (with --check-tools): raw always, qcow2, vhdx, vmdk.
+    #[arg(long, default_value = "raw")]
+    format: String,
 }
 
 /// Runs `plan`.
 pub fn run(a: PlanArgs) -> Result<ExitCode, LayoutError> {
     let (_, plan) = load_and_plan(&a.layout)?;
+    if a.check_tools {
+        let formats = Format::parse_list(&a.format)?;
+        tools::require(&needed_tools(&plan, &formats))?;
+        tools::require_root(
+            "build a disk image (the root file system is unpacked with its owners)",
+        )?;
+    }
     if a.json {
         println!(
             "{}",
