@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::Config;
@@ -27,7 +27,7 @@ use crate::health::{self, HealthEngine};
 use crate::identity::{self, IdentityError};
 use crate::shutdown::{self, Shutdown};
 use crate::spool::{BatchLimits, Spool, SpoolError};
-use crate::state::LEGACY_OUTBOX_DIR;
+use crate::state::{Delivered, LEGACY_OUTBOX_DIR};
 use crate::status::{self, StatusError};
 use crate::tls::{self, ClientAuth, TlsError};
 use crate::uplink::{HttpsIngest, Sender, UplinkError, UplinkStats};
@@ -128,15 +128,24 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         })
     };
 
-    // Health is judged from the first collection on, with the built-in default pack until
-    // the gateway delivers others.
+    // Health is judged from the first collection on: with the packs and judgement the
+    // previous run kept in the state directory, else the built-in default pack until the
+    // gateway delivers others.
     let health = Arc::new(Mutex::new(HealthEngine::new(health::default_pack_set())));
-    let (interval_tx, interval_rx) = watch::channel(config.interval);
+    let saved = Delivered::load(&config.state_dir).unwrap_or_else(|e| {
+        warn!("ignoring the delivered config kept by the previous run: {e}");
+        None
+    });
+    let (sync_state, start_interval) =
+        config_sync::restore_delivered(saved.unwrap_or_default(), &health, config.interval);
+    restore_health(&config.state_dir, &health);
+    let (interval_tx, interval_rx) = watch::channel(start_interval);
     let wake = Arc::new(Notify::new());
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     tasks.spawn({
         let fut = collect::collect_loop(
             Some(config.state_dir.join(crate::state::CERT_FILE)),
+            Some(config.state_dir.clone()),
             Arc::clone(&spool),
             Arc::clone(&health),
             Arc::clone(&uplink_stats),
@@ -187,6 +196,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             interval_tx,
             Arc::clone(&health),
             appliance_id,
+            config.state_dir.clone(),
+            sync_state,
             stop.clone(),
         );
         async move {
@@ -215,6 +226,29 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             info!("stopped");
             Ok(())
         }
+    }
+}
+
+/// Takes back the judgement the previous run kept (`health.json`); an unreadable one is
+/// logged and ignored (health is judged afresh).
+fn restore_health(state_dir: &std::path::Path, health: &Mutex<HealthEngine>) {
+    match crate::state::load_health(state_dir) {
+        Ok(Some(snapshot)) => {
+            let alerts = snapshot.alerts.len();
+            let mut engine = health
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if engine.restore(snapshot) {
+                info!(
+                    open_alerts = alerts,
+                    "health judgement of the previous run restored"
+                );
+            } else {
+                warn!("health judgement of the previous run has another format; judging afresh");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => warn!("ignoring the health judgement kept by the previous run: {e}"),
     }
 }
 

@@ -19,7 +19,16 @@
 //! certificate discoveries, plus the collector's own certificate ([`sample_certificates`]).
 //! Whether the delivered packs are in force and the override conflicts the engine found
 //! travel as a `pack_status` record whenever they change ([`PackStatusTracker`]), and once
-//! after every start.
+//! after every start. The values the packs' collect rules picked are taken from the engine
+//! every round and travel as one `collected` record (spooled as samples: dropped first
+//! when the spool is full).
+//!
+//! After a round that changed a state or an alert, the engine's judgement is written to
+//! `health.json` in the state directory ([`crate::state::write_health`]) before the round's
+//! records are spooled, and taken back at start, so a restarted collector resolves the
+//! alerts it raised before under their ids and raises nothing twice. (Written before the
+//! records: a crash in between loses at most the round's changes, never duplicates an
+//! alert.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +41,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::health::engine::HealthEvent;
-use crate::health::report::plan_health_records;
+use crate::health::report::{plan_collected_record, plan_health_records};
 use crate::health::{CertificateStatus, HealthEngine, Samples, ServiceStatus, Wanted};
 use crate::shutdown::Shutdown;
 use crate::sources::cert::sample_certificates;
@@ -164,8 +173,9 @@ pub struct BoxSample {
 }
 
 /// One health round over a collection: the box goes in, the records of what changed come
-/// out (none when nothing did). Override conflicts are logged (and reported by the
-/// `pack_status` record).
+/// out (none when nothing did), then a `collected` record with the values the collect
+/// rules picked (drained from the engine). Override conflicts are logged (and reported by
+/// the `pack_status` record).
 pub fn judge_health(
     engine: &mut HealthEngine,
     sample: &BoxSample,
@@ -201,7 +211,21 @@ pub fn judge_health(
             _ => {}
         }
     }
-    plan_health_records(&events, collected_at_ms)
+    let mut records = plan_health_records(&events, collected_at_ms);
+    records.extend(plan_collected_record(
+        &engine.take_collected(),
+        collected_at_ms,
+    ));
+    records
+}
+
+/// Whether a round's records changed the engine's judgement (a state or an alert), so its
+/// snapshot is worth writing.
+#[must_use]
+pub fn judgement_changed(records: &[Record]) -> bool {
+    records
+        .iter()
+        .any(|r| matches!(r, Record::Health { .. } | Record::Alert { .. }))
 }
 
 /// The sources one collection reads, with what they keep between collections.
@@ -259,13 +283,15 @@ pub fn agent_record(spool: &SpoolStats, uplink: &UplinkSnapshot, collected_at_ms
 
 /// The collecting task: samples every interval (the gateway may change it through
 /// `interval`), spools the records, wakes the sender. Stops between collections on
-/// shutdown. `own_certificate` is the collector's `cert.pem`, watched for expiry.
+/// shutdown. `own_certificate` is the collector's `cert.pem`, watched for expiry; the
+/// engine's judgement is kept in `state_dir` when given.
 ///
 /// # Errors
 /// [`UplinkError::Task`] when sampling panicked.
 #[allow(clippy::too_many_arguments)] // one task, wired once in agent.rs
 pub async fn collect_loop(
     own_certificate: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     spool: SharedSpool,
     health: SharedHealth,
     uplink: Arc<UplinkStats>,
@@ -316,18 +342,27 @@ pub async fn collect_loop(
         source = src;
         let at = now_ms();
         let mut box_records = vm_tracker.plan_records(&sample.vms, at);
-        {
+        let snapshot = {
             let mut engine = health
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            box_records.extend(judge_health(&mut engine, &sample, at));
+            let judged = judge_health(&mut engine, &sample, at);
+            let snapshot = judgement_changed(&judged).then(|| engine.snapshot());
+            box_records.extend(judged);
             box_records.extend(pack_status.plan_record(engine.pack_status(), at));
-        }
+            snapshot
+        };
+        let keep_health = state_dir.clone().zip(snapshot);
         let BoxSample {
             inventory, metrics, ..
         } = sample;
         let snapshot = uplink.snapshot();
         let appended = with_spool(&spool, move |s| {
+            if let Some((dir, snapshot)) = keep_health {
+                if let Err(e) = crate::state::write_health(&dir, &snapshot) {
+                    warn!("health judgement not kept for the next start: {e}");
+                }
+            }
             let mut records = plan_records(inventory, metrics, at, s.known_inventory_hash());
             records.extend(box_records);
             records.push(agent_record(&s.stats(), &snapshot, at));
@@ -479,12 +514,18 @@ mod tests {
         // The same box again: at most the monitors whose windows filled change.
         let mut quiet = false;
         for at in 2..10 {
-            if judge_health(&mut engine, &sample, at).is_empty() {
+            let r = judge_health(&mut engine, &sample, at);
+            if !judgement_changed(&r) {
+                // Only the collect rules' values (sampled data) travel every round.
+                assert!(
+                    r.iter().all(|r| matches!(r, Record::Collected { .. })),
+                    "{r:?}"
+                );
                 quiet = true;
                 break;
             }
         }
-        assert!(quiet, "an unchanged box settles and sends nothing");
+        assert!(quiet, "an unchanged box settles and sends no changes");
         // The guest goes: its object is removed.
         let gone = judge_health(
             &mut engine,
@@ -500,6 +541,43 @@ mod tests {
                 if removed.iter().any(|o| o == "vm/guest"))),
             "{gone:?}"
         );
+    }
+
+    #[test]
+    fn collect_rules_values_are_drained_every_round() {
+        let mut engine = HealthEngine::new(crate::health::default_pack_set());
+        let sample = BoxSample {
+            inventory: inv("box"),
+            metrics: HostMetrics {
+                load_avg: [0.5, 0.25, 0.125],
+                ..HostMetrics::default()
+            },
+            vms: vec![vm("guest", "u-g", 1)],
+            ..BoxSample::default()
+        };
+        for at in 1..=3 {
+            let r = judge_health(&mut engine, &sample, at);
+            let values = r
+                .iter()
+                .find_map(|r| match r {
+                    Record::Collected {
+                        collected_at_ms,
+                        values,
+                    } => Some((*collected_at_ms, values.clone())),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no collected record in round {at}: {r:?}"));
+            assert_eq!(values.0, at);
+            assert!(
+                values
+                    .1
+                    .iter()
+                    .any(|v| v.object == "host/box" && v.metric == "load1" && v.at_ms == at),
+                "{values:?}"
+            );
+            // Taken from the engine: nothing piles up between rounds.
+            assert!(engine.take_collected().is_empty());
+        }
     }
 
     #[test]

@@ -13,8 +13,15 @@
 //! document's ETag, the pack names, applied or refused with every problem), and the
 //! collecting task reports it to the gateway as a `pack_status` record.
 //!
+//! What is in force — the delivered packs of the last good set, the interval, and the ETag
+//! while nothing was refused — is kept in `delivered.json` in the state directory
+//! ([`Delivered`], written atomically whenever it changes) and taken back at start
+//! ([`restore_delivered`]), so a collector restarted while no gateway answers judges with
+//! the same packs at the same interval, and its first fetch costs a `304`.
+//!
 //! [`HealthEngine::note_delivery`]: outpost_health::HealthEngine::note_delivery
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use outpost_health::{pack_set_with_default, parse_pack, PackErrors, PackSet};
@@ -27,6 +34,7 @@ use crate::collect::SharedHealth;
 use crate::failover::{AfterFailure, GatewayRing};
 use crate::http::{error_chain, url, ErrorReply};
 use crate::shutdown::Shutdown;
+use crate::state::Delivered;
 
 /// What to do with the packs of a document.
 #[derive(Debug)]
@@ -82,6 +90,86 @@ pub fn effective_interval(
     }
 }
 
+/// What config sync knows between fetches.
+#[derive(Debug, Clone, Default)]
+pub struct SyncState {
+    /// The ETag to send (`If-None-Match`).
+    etag: Option<String>,
+    /// The packs delivered last, applied or refused (not re-checked while unchanged).
+    seen: Vec<PackDoc>,
+    /// Whether `seen` was refused.
+    refused: bool,
+    /// The delivered packs in force (the last good set).
+    in_force: Vec<PackDoc>,
+    /// What `delivered.json` holds.
+    saved: Delivered,
+}
+
+/// Puts back what a previous run had in force (`delivered.json`): its packs go to the
+/// engine (noted as delivered with their ETag), and the interval it asked for is returned
+/// (`local` when it did not ask). A saved set that no longer validates (the built-in pack
+/// changed under it) is logged and dropped: the built-in pack alone until the gateway
+/// answers.
+#[must_use]
+pub fn restore_delivered(
+    saved: Delivered,
+    health: &SharedHealth,
+    local: Duration,
+) -> (SyncState, Duration) {
+    let doc = CollectorConfigDoc {
+        interval: saved.interval.clone(),
+        packs: saved.packs.clone(),
+    };
+    let interval = effective_interval(&doc, local).unwrap_or(local);
+    let mut engine = health
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match plan_packs(&saved.packs, &[]) {
+        PackUpdate::Unchanged => {}
+        PackUpdate::Apply(set) => {
+            engine.set_packs(set);
+            engine.note_delivery(PackStatus {
+                etag: saved.etag.clone(),
+                packs: saved.packs.iter().map(|p| p.name.clone()).collect(),
+                applied: true,
+                error: None,
+                conflicts: Vec::new(),
+            });
+            info!(
+                packs = %saved.packs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","),
+                "health packs the gateway delivered before the restart applied"
+            );
+        }
+        PackUpdate::Invalid(errors) => {
+            warn!("the saved health packs are no longer valid; the built-in pack alone until the gateway answers:\n{errors}");
+            return (SyncState::default(), local);
+        }
+    }
+    let state = SyncState {
+        etag: saved.etag.clone(),
+        seen: saved.packs.clone(),
+        refused: false,
+        in_force: saved.packs.clone(),
+        saved,
+    };
+    (state, interval)
+}
+
+/// Writes `delivered.json` when what is in force changed; a failure is logged (the next
+/// change tries again).
+async fn save_delivered(state_dir: &std::path::Path, state: &mut SyncState, now: Delivered) {
+    if now == state.saved {
+        return;
+    }
+    let dir = state_dir.to_path_buf();
+    let doc = now.clone();
+    match tokio::task::spawn_blocking(move || doc.write(&dir)).await {
+        Ok(Ok(())) => state.saved = now,
+        Ok(Err(e)) => warn!("could not keep the delivered config for the next start: {e}"),
+        Err(e) => warn!("could not keep the delivered config for the next start: {e}"),
+    }
+}
+
 enum Fetch {
     Changed {
         doc: CollectorConfigDoc,
@@ -129,8 +217,9 @@ async fn fetch(client: &reqwest::Client, gateway: &str, etag: Option<&str>) -> F
 }
 
 /// The config task: fetches at start and every `poll`, publishes interval changes on
-/// `interval`, gives new valid packs to `health`. `local` is the interval from
-/// `collector.toml`.
+/// `interval`, gives new valid packs to `health`, keeps what is in force in `state_dir`.
+/// `local` is the interval from `collector.toml`; `state` what [`restore_delivered`]
+/// put back.
 #[allow(clippy::too_many_arguments)] // one task, wired once in agent.rs
 pub async fn config_loop(
     client: reqwest::Client,
@@ -140,22 +229,35 @@ pub async fn config_loop(
     interval: watch::Sender<Duration>,
     health: SharedHealth,
     appliance_id: String,
+    state_dir: PathBuf,
+    mut state: SyncState,
     mut shutdown: Shutdown,
 ) {
-    let mut etag: Option<String> = None;
-    let mut applied_packs: Vec<PackDoc> = Vec::new();
     loop {
         ring.maybe_fail_back(Instant::now());
         let gateway = ring.current().to_string();
         let fetched = tokio::select! {
-            f = fetch(&client, &gateway, etag.as_deref()) => f,
+            f = fetch(&client, &gateway, state.etag.as_deref()) => f,
             () = shutdown.wait() => return,
         };
         let pause = match fetched {
             Fetch::Changed { doc, etag: tag } => {
                 ring.on_success(Instant::now());
                 debug!(gateway = %gateway, packs = doc.packs.len(), "config document received");
-                apply_packs(&doc.packs, &mut applied_packs, &health, tag.as_deref());
+                let outcome = apply_packs(&doc.packs, &mut state.seen, &health, tag.as_deref());
+                match outcome {
+                    PackOutcome::Applied => {
+                        state.refused = false;
+                        state.in_force.clone_from(&doc.packs);
+                    }
+                    PackOutcome::Refused => state.refused = true,
+                    PackOutcome::Unchanged => {}
+                }
+                let mut in_force = Delivered {
+                    etag: None,
+                    interval: doc.interval.clone(),
+                    packs: state.in_force.clone(),
+                };
                 match effective_interval(&doc, local) {
                     Ok(next) => {
                         let current = *interval.borrow();
@@ -167,13 +269,18 @@ pub async fn config_loop(
                             );
                             interval.send_replace(next);
                         }
-                        etag = tag;
+                        state.etag = tag;
+                        if !state.refused {
+                            in_force.etag.clone_from(&state.etag);
+                        }
                     }
                     Err(e) => {
                         warn!(gateway = %gateway, "ignoring the gateway's interval: {e}");
                         // Keep the old ETag so a corrected document is fetched in full.
+                        in_force.interval.clone_from(&state.saved.interval);
                     }
                 }
+                save_delivered(&state_dir, &mut state, in_force).await;
                 poll
             }
             Fetch::NotModified => {
@@ -215,6 +322,17 @@ fn truncate_report(mut text: String, max: usize) -> String {
     text
 }
 
+/// What [`apply_packs`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PackOutcome {
+    /// The same packs as delivered last.
+    Unchanged,
+    /// A new valid set is in force.
+    Applied,
+    /// A new set was refused; the last good one stays.
+    Refused,
+}
+
 /// Applies delivered packs when they changed and are valid; logs why otherwise. The
 /// outcome (and `etag`) is noted in the engine for the `pack_status` record.
 fn apply_packs(
@@ -222,7 +340,7 @@ fn apply_packs(
     applied: &mut Vec<PackDoc>,
     health: &SharedHealth,
     etag: Option<&str>,
-) {
+) -> PackOutcome {
     let names: Vec<String> = delivered.iter().map(|p| p.name.clone()).collect();
     let mut engine = health
         .lock()
@@ -235,6 +353,7 @@ fn apply_packs(
                 etag: etag.map(str::to_string),
                 ..status
             });
+            PackOutcome::Unchanged
         }
         PackUpdate::Apply(set) => {
             engine.set_packs(set);
@@ -247,6 +366,7 @@ fn apply_packs(
             });
             info!(packs = %names.join(","), "health packs from the gateway applied");
             *applied = delivered.to_vec();
+            PackOutcome::Applied
         }
         PackUpdate::Invalid(errors) => {
             // Remember them as seen, so the same bad set is not re-checked (and re-logged)
@@ -260,6 +380,7 @@ fn apply_packs(
                 conflicts: Vec::new(),
             });
             *applied = delivered.to_vec();
+            PackOutcome::Refused
         }
     }
 }
@@ -306,13 +427,19 @@ version = "1"
         ));
         let mut applied = Vec::new();
         let good = [doc("t.good", GOOD)];
-        apply_packs(&good, &mut applied, &health, Some("\"v1\""));
+        assert_eq!(
+            apply_packs(&good, &mut applied, &health, Some("\"v1\"")),
+            PackOutcome::Applied
+        );
         let st = health.lock().unwrap().pack_status();
         assert!(st.applied, "{st:?}");
         assert_eq!(st.etag.as_deref(), Some("\"v1\""));
         assert_eq!(st.packs, ["t.good"]);
         let bad = [doc("t.bad", "[pack]\nname = \"t.bad\"\nversion = \"1\"\n\n[[monitor]]\nid = \"m\"\nclass = \"host\"\ntype = \"bogus\"\n")];
-        apply_packs(&bad, &mut applied, &health, Some("\"v2\""));
+        assert_eq!(
+            apply_packs(&bad, &mut applied, &health, Some("\"v2\"")),
+            PackOutcome::Refused
+        );
         let engine = health.lock().unwrap();
         let st = engine.pack_status();
         assert!(!st.applied);
@@ -323,6 +450,38 @@ version = "1"
         // The last good set is still in force.
         assert!(engine.packs().nodes().iter().all(|n| n.id != "m"));
         assert_eq!(truncate_report("ééé".into(), 3), "é\n… (cut)");
+    }
+
+    #[test]
+    fn saved_packs_and_interval_are_put_back_at_start() {
+        let health: SharedHealth = std::sync::Arc::new(std::sync::Mutex::new(
+            outpost_health::HealthEngine::new(outpost_health::default_pack_set()),
+        ));
+        let monitor = "[pack]\nname = \"t.saved\"\nversion = \"1\"\n\n[[monitor]]\nid = \"t.load\"\nclass = \"host\"\ntype = \"threshold\"\nmetric = \"load1\"\nwarning = 1\n";
+        let saved = Delivered {
+            etag: Some("\"e7\"".into()),
+            interval: Some("20s".into()),
+            packs: vec![doc("t.saved", monitor)],
+        };
+        let (state, interval) = restore_delivered(saved.clone(), &health, Duration::from_secs(10));
+        assert_eq!(interval, Duration::from_secs(20));
+        assert_eq!(state.etag.as_deref(), Some("\"e7\""));
+        assert_eq!(state.saved, saved);
+        let engine = health.lock().unwrap();
+        assert!(engine.packs().nodes().iter().any(|n| n.id == "t.load"));
+        let st = engine.pack_status();
+        assert!(st.applied);
+        assert_eq!(st.etag.as_deref(), Some("\"e7\""));
+        assert_eq!(st.packs, ["t.saved"]);
+        drop(engine);
+        // Nothing saved: the built-in pack and the local interval.
+        let fresh: SharedHealth = std::sync::Arc::new(std::sync::Mutex::new(
+            outpost_health::HealthEngine::new(outpost_health::default_pack_set()),
+        ));
+        let (state, interval) =
+            restore_delivered(Delivered::default(), &fresh, Duration::from_secs(10));
+        assert_eq!(interval, Duration::from_secs(10));
+        assert!(state.etag.is_none());
     }
 
     #[test]

@@ -7,11 +7,16 @@
 //! | `cert.pem` | the issued certificate (0600) once approved |
 //! | `state.json` | the spool's ledger ([`crate::spool::Ledger`]): acknowledged sequence and record id, the batch in flight, counters |
 //! | `spool/` | records written before sending ([`crate::spool`]) |
+//! | `delivered.json` | what the gateway's `GET /v1/config` last delivered and is in force ([`Delivered`]): the packs, the interval, the ETag; loaded at start so a restart without a gateway judges with the same packs |
+//! | `health.json` | the health engine's judgement ([`EngineSnapshot`]): states, sample windows, open alerts; written after every round that changed something, loaded at start |
 //!
-//! Loading and writing are separate steps; the values are plain data in between.
+//! Loading and writing are separate steps; the values are plain data in between. Every
+//! file is written atomically (a temporary file, fsync, rename) with mode 0600.
 
 use std::path::{Path, PathBuf};
 
+use outpost_health::EngineSnapshot;
+use outpost_proto::PackDoc;
 use serde::{Deserialize, Serialize};
 
 use crate::files::{self, FileError};
@@ -26,6 +31,10 @@ pub const ENROLLMENT_FILE: &str = "enrollment.json";
 pub const STATE_FILE: &str = "state.json";
 /// `spool/`.
 pub const SPOOL_DIR: &str = "spool";
+/// `delivered.json`.
+pub const DELIVERED_FILE: &str = "delivered.json";
+/// `health.json`.
+pub const HEALTH_FILE: &str = "health.json";
 /// `outbox/`, where the foundation's collector kept batches; no longer written.
 pub const LEGACY_OUTBOX_DIR: &str = "outbox";
 
@@ -82,6 +91,61 @@ impl EnrollmentRecord {
     }
 }
 
+/// `delivered.json`: the part of the gateway's config document in force.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The document's ETag, kept only while everything it says is in force (so after a
+    /// refusal the next start fetches it in full and reports the refusal again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The interval it asked for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// The delivered packs in force (the last good set); empty: the built-in pack alone.
+    #[serde(default)]
+    pub packs: Vec<PackDoc>,
+}
+
+impl Delivered {
+    /// Loads `delivered.json`; `None` when absent.
+    ///
+    /// # Errors
+    /// [`StateError`] naming the file when it cannot be read or parsed.
+    pub fn load(state_dir: &Path) -> Result<Option<Self>, StateError> {
+        load_json(&state_dir.join(DELIVERED_FILE))
+    }
+
+    /// Writes `delivered.json` atomically (0600).
+    ///
+    /// # Errors
+    /// [`StateError::Write`] naming the file.
+    pub fn write(&self, state_dir: &Path) -> Result<(), StateError> {
+        write_json(&state_dir.join(DELIVERED_FILE), self)
+    }
+}
+
+/// Loads `health.json`; `None` when absent.
+///
+/// # Errors
+/// [`StateError`] naming the file when it cannot be read or parsed.
+pub fn load_health(state_dir: &Path) -> Result<Option<EngineSnapshot>, StateError> {
+    load_json(&state_dir.join(HEALTH_FILE))
+}
+
+/// Writes `health.json` atomically (0600), compact.
+///
+/// # Errors
+/// [`StateError`] naming the file.
+pub fn write_health(state_dir: &Path, snapshot: &EngineSnapshot) -> Result<(), StateError> {
+    let path = state_dir.join(HEALTH_FILE);
+    let bytes = serde_json::to_vec(snapshot).map_err(|source| StateError::Corrupt {
+        path: path.clone(),
+        source,
+    })?;
+    files::write_atomic(&path, &bytes, MODE_STATE)?;
+    Ok(())
+}
+
 fn load_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
     let Some(bytes) = files::read_optional(path).map_err(|source| StateError::Read {
         path: path.to_path_buf(),
@@ -125,6 +189,44 @@ mod tests {
         let r = EnrollmentRecord { id: "ap-1".into() };
         r.write(dir.path()).unwrap();
         assert_eq!(EnrollmentRecord::load(dir.path()).unwrap(), Some(r));
+    }
+
+    #[test]
+    fn delivered_config_and_health_round_trip_privately() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Delivered::load(dir.path()).unwrap(), None);
+        assert_eq!(load_health(dir.path()).unwrap(), None);
+        let d = Delivered {
+            etag: Some("\"e1\"".into()),
+            interval: Some("30s".into()),
+            packs: vec![PackDoc {
+                name: "p".into(),
+                toml: "[pack]\nname = \"p\"\n".into(),
+            }],
+        };
+        d.write(dir.path()).unwrap();
+        assert_eq!(Delivered::load(dir.path()).unwrap(), Some(d));
+        let snap = EngineSnapshot {
+            version: 1,
+            rounds: 3,
+            ..EngineSnapshot::default()
+        };
+        write_health(dir.path(), &snap).unwrap();
+        assert_eq!(load_health(dir.path()).unwrap(), Some(snap));
+        for f in [DELIVERED_FILE, HEALTH_FILE] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        // No temporary file left behind.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]

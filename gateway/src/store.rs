@@ -729,7 +729,8 @@ impl Store {
                 | Record::VmMetrics { .. }
                 | Record::Health { .. }
                 | Record::Alert { .. }
-                | Record::PackStatus { .. } => {
+                | Record::PackStatus { .. }
+                | Record::Collected { .. } => {
                     health::apply_record(&mut tx, appliance_id, rec).await?;
                 }
                 Record::Agent {

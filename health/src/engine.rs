@@ -183,6 +183,57 @@ pub struct Wanted {
     pub certificate_paths: Vec<String>,
 }
 
+/// The most collected values the engine holds between two [`HealthEngine::take_collected`]
+/// calls; beyond it the oldest are dropped (and counted), so a caller that never takes
+/// them cannot make the engine grow without bound.
+pub const MAX_COLLECTED: usize = 10_000;
+
+/// The version of [`EngineSnapshot`]'s format.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// The state of one monitor on one object, in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotState {
+    /// Monitor id (or `health`).
+    pub monitor: String,
+    /// The object.
+    pub object: ObjectKey,
+    /// Its state.
+    pub state: HealthState,
+}
+
+/// The sample window of one unit monitor on one object, in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotUnit {
+    /// Monitor id.
+    pub monitor: String,
+    /// The object.
+    pub object: ObjectKey,
+    /// Its window, state and previous rate value.
+    pub unit: UnitState,
+}
+
+/// What the engine has judged so far, as plain data: the objects it knows (keys and
+/// parents only), every state, every sample window and every open alert. A collector
+/// writes it after each round that changed something and restores it at start, so that a
+/// restart neither forgets open alerts (they resolve under their original id) nor raises a
+/// still-bad condition a second time, nor re-sends unchanged states.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    /// [`SNAPSHOT_VERSION`].
+    pub version: u32,
+    /// Rounds judged so far (collect rules' `every` counts from it).
+    pub rounds: u64,
+    /// The objects of the last round.
+    pub objects: Vec<ObjectSample>,
+    /// Monitor states of the last round.
+    pub states: Vec<SnapshotState>,
+    /// Unit monitors' sample windows.
+    pub units: Vec<SnapshotUnit>,
+    /// Open alerts.
+    pub alerts: Vec<Alert>,
+}
+
 /// Holds the packs and everything judged so far.
 #[derive(Debug, Clone)]
 pub struct HealthEngine {
@@ -193,6 +244,7 @@ pub struct HealthEngine {
     alerts: BTreeMap<(String, ObjectKey), Alert>,
     conflicts: Vec<OverrideConflict>,
     collected: Vec<CollectedValue>,
+    collected_dropped: u64,
     rounds: u64,
     delivery: PackStatus,
 }
@@ -213,8 +265,93 @@ impl HealthEngine {
                 ..PackStatus::default()
             },
             collected: Vec::new(),
+            collected_dropped: 0,
             rounds: 0,
         }
+    }
+
+    /// What has been judged so far, for [`Self::restore`] after a restart.
+    #[must_use]
+    pub fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            version: SNAPSHOT_VERSION,
+            rounds: self.rounds,
+            objects: self
+                .objects
+                .values()
+                .map(|o| ObjectSample {
+                    key: o.key.clone(),
+                    parent: o.parent.clone(),
+                    ..ObjectSample::default()
+                })
+                .collect(),
+            states: self
+                .states
+                .iter()
+                .map(|((monitor, object), state)| SnapshotState {
+                    monitor: monitor.clone(),
+                    object: object.clone(),
+                    state: *state,
+                })
+                .collect(),
+            units: self
+                .units
+                .iter()
+                .map(|((monitor, object), unit)| {
+                    let mut unit = unit.clone();
+                    unit.forget_non_finite();
+                    SnapshotUnit {
+                        monitor: monitor.clone(),
+                        object: object.clone(),
+                        unit,
+                    }
+                })
+                .collect(),
+            alerts: self.alerts.values().cloned().collect(),
+        }
+    }
+
+    /// Takes back what a previous run judged ([`Self::snapshot`]), on top of the packs in
+    /// force: the next [`Self::observe`] reports only differences from it, resolves its
+    /// open alerts under their original ids and raises nothing that is already open.
+    /// Sample windows of monitors the packs no longer define as unit monitors of that
+    /// class are dropped; states and alerts of monitors and rules that are gone change
+    /// and resolve on the next round, as after [`Self::set_packs`]. A snapshot of another
+    /// format version is ignored (returns `false`).
+    pub fn restore(&mut self, snapshot: EngineSnapshot) -> bool {
+        if snapshot.version != SNAPSHOT_VERSION {
+            return false;
+        }
+        let units: BTreeSet<(String, Class)> = self
+            .packs
+            .nodes()
+            .iter()
+            .filter(|n| matches!(n.kind, NodeKind::Unit(_)))
+            .map(|n| (n.id.clone(), n.class))
+            .collect();
+        self.rounds = snapshot.rounds;
+        self.objects = snapshot
+            .objects
+            .into_iter()
+            .map(|o| (o.key.clone(), o))
+            .collect();
+        self.states = snapshot
+            .states
+            .into_iter()
+            .map(|s| ((s.monitor, s.object), s.state))
+            .collect();
+        self.units = snapshot
+            .units
+            .into_iter()
+            .filter(|u| units.contains(&(u.monitor.clone(), u.object.class)))
+            .map(|u| ((u.monitor, u.object), u.unit))
+            .collect();
+        self.alerts = snapshot
+            .alerts
+            .into_iter()
+            .map(|a| ((a.rule.clone(), a.object.clone()), a))
+            .collect();
+        true
     }
 
     /// The packs in force.
@@ -292,9 +429,16 @@ impl HealthEngine {
         &self.conflicts
     }
 
-    /// Values collect rules picked since the last call.
+    /// Values collect rules picked since the last call (at most [`MAX_COLLECTED`], the
+    /// newest). The collector takes them after every round and spools them.
     pub fn take_collected(&mut self) -> Vec<CollectedValue> {
         std::mem::take(&mut self.collected)
+    }
+
+    /// How many collected values were dropped because nobody took them in time.
+    #[must_use]
+    pub fn collected_dropped(&self) -> u64 {
+        self.collected_dropped
     }
 
     /// The rolled-up state per object as of the last round.
@@ -701,6 +845,13 @@ impl HealthEngine {
             }
         }
         self.collected.extend(out);
+        if self.collected.len() > MAX_COLLECTED {
+            let excess = self.collected.len() - MAX_COLLECTED;
+            self.collected.drain(..excess);
+            self.collected_dropped = self
+                .collected_dropped
+                .saturating_add(u64::try_from(excess).unwrap_or(u64::MAX));
+        }
     }
 }
 

@@ -52,8 +52,12 @@
 //! * The engine does no I/O: service and certificate monitors judge what the collector's
 //!   sources give [`Samples::add_services`] and [`Samples::add_certificates`]; an object
 //!   whose state could not be read carries an `error` label and its monitors are Unknown.
-//! * Rate monitors keep one previous value per object in memory; after a restart the first
-//!   sample only primes the rate.
+//! * The engine keeps its judgement in memory; [`HealthEngine::snapshot`] and
+//!   [`HealthEngine::restore`] turn it into plain data and back, and the collector writes
+//!   that to its state directory, so states, sample windows (with rate monitors' previous
+//!   values) and open alerts survive a restart.
+//! * Values of collect rules wait in the engine until taken ([`HealthEngine::take_collected`],
+//!   after every round); at most [`engine::MAX_COLLECTED`], the oldest dropped and counted.
 //! * Alerts resolve when their monitor is Healthy again (or switched off, or the object
 //!   goes); a monitor stuck at Unknown keeps its alert open.
 
@@ -70,8 +74,8 @@ pub mod state;
 use std::path::Path;
 
 pub use engine::{
-    Alert, CollectedValue, HealthEngine, HealthEvent, HealthTree, MonitorHealth, ObjectHealth,
-    ResolveReason, Wanted,
+    Alert, CollectedValue, EngineSnapshot, HealthEngine, HealthEvent, HealthTree, MonitorHealth,
+    ObjectHealth, ResolveReason, Wanted,
 };
 pub use model::Pack;
 pub use overrides::{OverrideConflict, OverrideRank, Specificity};

@@ -26,6 +26,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 use super::model::{Direction, Params, UnitKind, UnitMonitor};
 use super::samples::ObjectSample;
 use super::state::HealthState;
@@ -67,8 +69,9 @@ pub enum Reading {
     Pending,
 }
 
-/// The running state of one unit monitor on one object.
-#[derive(Debug, Clone, PartialEq)]
+/// The running state of one unit monitor on one object (serializable, so a collector can
+/// keep it across a restart).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UnitState {
     window: VecDeque<HealthState>,
     /// The current state.
@@ -92,6 +95,13 @@ impl UnitState {
     pub fn reset(&mut self, state: HealthState) {
         self.window.clear();
         self.state = state;
+    }
+
+    /// Drops a previous rate value that JSON cannot carry (NaN, infinite).
+    pub(crate) fn forget_non_finite(&mut self) {
+        if self.last.is_some_and(|(v, _)| !v.is_finite()) {
+            self.last = None;
+        }
     }
 
     /// Adds one raw level and applies the window rule for `samples` consecutive samples.

@@ -5,9 +5,9 @@
 //! them. A round without events yields no record, so an unchanged box sends nothing.
 
 use outpost_proto::health::alert_id;
-use outpost_proto::{AlertEvent, AlertStatus, HealthChange, Record};
+use outpost_proto::{AlertEvent, AlertStatus, CollectedSample, HealthChange, Record};
 
-use super::engine::{Alert, HealthEvent};
+use super::engine::{Alert, CollectedValue, HealthEvent};
 
 /// The records of one round's events, in event order (the `health` record first).
 #[must_use]
@@ -75,6 +75,28 @@ pub fn plan_health_records(events: &[HealthEvent], collected_at_ms: i64) -> Vec<
     records
 }
 
+/// The `collected` record of the values collect rules picked ([`crate::HealthEngine::take_collected`]);
+/// none when there are none.
+#[must_use]
+pub fn plan_collected_record(values: &[CollectedValue], collected_at_ms: i64) -> Option<Record> {
+    if values.is_empty() {
+        return None;
+    }
+    Some(Record::Collected {
+        collected_at_ms,
+        values: values
+            .iter()
+            .map(|v| CollectedSample {
+                rule: v.rule.clone(),
+                object: v.object.to_string(),
+                metric: v.metric.clone(),
+                value: v.value,
+                at_ms: v.at_ms,
+            })
+            .collect(),
+    })
+}
+
 fn alert_event(
     alert: &Alert,
     status: AlertStatus,
@@ -116,6 +138,31 @@ mod tests {
     #[test]
     fn no_events_no_records() {
         assert!(plan_health_records(&[], 5).is_empty());
+        assert!(plan_collected_record(&[], 5).is_none());
+    }
+
+    #[test]
+    fn collected_values_travel_as_one_record() {
+        let v = CollectedValue {
+            rule: "collect.host".into(),
+            object: ObjectKey::new(Class::Host, "box"),
+            metric: "load1".into(),
+            value: 0.25,
+            at_ms: 7,
+        };
+        match plan_collected_record(&[v.clone(), v], 9) {
+            Some(Record::Collected {
+                collected_at_ms,
+                values,
+            }) => {
+                assert_eq!(collected_at_ms, 9);
+                assert_eq!(values.len(), 2);
+                assert_eq!(values[0].object, "host/box");
+                assert_eq!(values[0].metric, "load1");
+                assert!((values[0].value - 0.25).abs() < f64::EPSILON);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

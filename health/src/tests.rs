@@ -539,6 +539,112 @@ fn collect_rules_pick_values_every_n_rounds() {
 }
 
 #[test]
+fn collected_values_are_bounded_when_nobody_takes_them() {
+    let every_round = CPU_PACK.replace("every = 2", "every = 1");
+    let mut engine = HealthEngine::new(set(&[("cpu.toml", &every_round)]));
+    let rounds = engine::MAX_COLLECTED + 25;
+    for t in 0..rounds {
+        let t = i64::try_from(t).unwrap();
+        #[allow(clippy::cast_precision_loss)]
+        engine.observe(&samples(vec![host((t % 50) as f64)]), t);
+    }
+    assert_eq!(engine.collected_dropped(), 25);
+    let taken = engine.take_collected();
+    assert_eq!(taken.len(), engine::MAX_COLLECTED);
+    // The newest are kept.
+    assert_eq!(
+        taken.last().map(|c| c.at_ms),
+        Some(i64::try_from(rounds - 1).unwrap())
+    );
+    assert_eq!(taken.first().map(|c| c.at_ms), Some(25));
+    // Drained: empty until the next round, which adds one round's worth.
+    assert!(engine.take_collected().is_empty());
+    engine.observe(&samples(vec![host(1.0)]), 1 << 40);
+    assert_eq!(engine.take_collected().len(), 1);
+    assert!(engine.take_collected().is_empty());
+}
+
+#[test]
+fn a_restored_engine_resolves_the_alert_opened_before_the_restart() {
+    let packs = || set(&[("cpu.toml", CPU_PACK)]);
+    let mut before = HealthEngine::new(packs());
+    let mut raised = None;
+    for (i, cpu) in [99.0, 99.0, 99.0].into_iter().enumerate() {
+        for e in before.observe(&samples(vec![host(cpu)]), i64::try_from(i).unwrap()) {
+            if let HealthEvent::AlertRaised { alert } = e {
+                raised = Some(alert);
+            }
+        }
+    }
+    let raised = raised.expect("raised before the restart");
+    // Through JSON, as the collector keeps it.
+    let text = serde_json::to_string(&before.snapshot()).unwrap();
+    let mut after = HealthEngine::new(packs());
+    assert!(after.restore(serde_json::from_str(&text).unwrap()));
+    assert_eq!(after.open_alerts(), vec![raised.clone()]);
+    // Still bad: nothing raised again, no state re-sent.
+    let still = after.observe(&samples(vec![host(99.0)]), 10);
+    assert!(
+        still.iter().all(|e| !matches!(
+            e,
+            HealthEvent::AlertRaised { .. } | HealthEvent::StateChanged { .. }
+        )),
+        "{still:?}"
+    );
+    // Clears (the window of three continues from before the restart): the same alert
+    // resolves.
+    let mut resolved = None;
+    for t in 11..14 {
+        for e in after.observe(&samples(vec![host(5.0)]), t) {
+            match e {
+                HealthEvent::AlertResolved { alert, reason, .. } => {
+                    resolved = Some((alert, reason));
+                }
+                HealthEvent::AlertRaised { alert } => panic!("raised again: {alert:?}"),
+                _ => {}
+            }
+        }
+    }
+    let (alert, reason) = resolved.expect("resolved after the restart");
+    assert_eq!(alert, raised);
+    assert_eq!(reason, ResolveReason::Healthy);
+    // A snapshot of an unknown format is ignored.
+    let mut other = HealthEngine::new(packs());
+    assert!(!other.restore(engine::EngineSnapshot {
+        version: 99,
+        ..engine::EngineSnapshot::default()
+    }));
+    assert!(other.open_alerts().is_empty());
+}
+
+#[test]
+fn a_restored_engine_resolves_alerts_of_objects_gone_while_it_was_down() {
+    let vm = ObjectSample::new(ObjectKey::new(Class::Vm, "g1"))
+        .label("state", "crashed")
+        .label("uuid", "u1");
+    let mut engine_default = HealthEngine::new(default_pack_set());
+    for t in 0..2 {
+        engine_default.observe(&samples(vec![host(1.0), vm.clone()]), t);
+    }
+    assert_eq!(engine_default.open_alerts().len(), 1);
+    let snap = engine_default.snapshot();
+    let mut after = HealthEngine::new(default_pack_set());
+    after.restore(snap);
+    let events = after.observe(&samples(vec![host(1.0)]), 5);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            HealthEvent::AlertResolved {
+                reason: ResolveReason::ObjectGone,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(after.open_alerts().is_empty());
+}
+
+#[test]
 fn rate_monitor_judges_per_second_increase() {
     let pack = r#"
 [pack]

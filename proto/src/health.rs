@@ -107,3 +107,19 @@ pub struct PackStatus {
     #[serde(default)]
     pub conflicts: Vec<String>,
 }
+
+/// One value a collect rule of a health pack picked on the box.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectedSample {
+    /// The collect rule.
+    pub rule: String,
+    /// The object, `CLASS/ID`.
+    pub object: String,
+    /// The metric, as packs name it (`load1`, `rss_bytes`, …).
+    pub metric: String,
+    /// The value.
+    pub value: f64,
+    /// When it was sampled, unix milliseconds.
+    pub at_ms: i64,
+}

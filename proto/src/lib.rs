@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 
 pub use agent::AgentMetrics;
 pub use duration::{format_duration, parse_duration, DurationError};
-pub use health::{AlertEvent, AlertStatus, HealthChange};
+pub use health::{AlertEvent, AlertStatus, CollectedSample, HealthChange};
 pub use host::{HostInventory, HostMetrics};
 pub use vm::{VmDelta, VmInventory, VmMetrics};
 
@@ -236,6 +236,14 @@ pub enum Record {
         /// The status.
         status: health::PackStatus,
     },
+    /// Values the packs' collect rules picked (sampled data, not changes: the spool drops
+    /// them first when full).
+    Collected {
+        /// Collection time, unix milliseconds.
+        collected_at_ms: i64,
+        /// The values, by rule, object and metric.
+        values: Vec<health::CollectedSample>,
+    },
 }
 
 impl Record {
@@ -251,6 +259,7 @@ impl Record {
             Self::Health { .. } => "health",
             Self::Alert { .. } => "alert",
             Self::PackStatus { .. } => "pack_status",
+            Self::Collected { .. } => "collected",
         }
     }
 
@@ -280,6 +289,9 @@ impl Record {
                 collected_at_ms, ..
             }
             | Self::PackStatus {
+                collected_at_ms, ..
+            }
+            | Self::Collected {
                 collected_at_ms, ..
             } => *collected_at_ms,
         }
@@ -535,10 +547,21 @@ mod tests {
                     reason: None,
                 },
             },
+            Record::Collected {
+                collected_at_ms: 1,
+                values: vec![CollectedSample {
+                    rule: "collect.host".into(),
+                    object: "host/a".into(),
+                    metric: "load1".into(),
+                    value: 0.5,
+                    at_ms: 1,
+                }],
+            },
         ];
-        for (r, kind) in records
-            .iter()
-            .zip(["vm_inventory", "vm_metrics", "health", "alert"])
+        for (r, kind) in
+            records
+                .iter()
+                .zip(["vm_inventory", "vm_metrics", "health", "alert", "collected"])
         {
             let v = serde_json::to_value(r).unwrap();
             assert_eq!(v["kind"], kind);

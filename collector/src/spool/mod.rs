@@ -149,7 +149,8 @@ impl Default for BatchLimits {
 /// Eviction class of a record: which log it goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// Metrics and self-metrics: the next sample replaces them; dropped first.
+    /// Metrics, self-metrics and collect rules' values: the next sample replaces them;
+    /// dropped first.
     Samples,
     /// Inventory, VM inventory deltas, health changes and alerts: dropped last.
     Changes,
@@ -168,9 +169,10 @@ impl Class {
             | Record::Health { .. }
             | Record::Alert { .. }
             | Record::PackStatus { .. } => Self::Changes,
-            Record::Metrics { .. } | Record::Agent { .. } | Record::VmMetrics { .. } => {
-                Self::Samples
-            }
+            Record::Metrics { .. }
+            | Record::Agent { .. }
+            | Record::VmMetrics { .. }
+            | Record::Collected { .. } => Self::Samples,
         }
     }
 
@@ -1356,3 +1358,18 @@ fn load_or_set_aside(state_dir: &Path) -> Result<Ledger, SpoolError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod class_tests {
+    use super::*;
+
+    #[test]
+    fn collected_values_are_samples_and_dropped_first() {
+        let r = Record::Collected {
+            collected_at_ms: 1,
+            values: Vec::new(),
+        };
+        assert_eq!(Class::of(&r), Class::Samples);
+        assert_eq!(Class::ALL[0], Class::Samples, "samples are evicted first");
+    }
+}

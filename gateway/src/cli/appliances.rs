@@ -22,7 +22,8 @@ pub enum AppliancesCmd {
         json: bool,
     },
     /// Show one appliance: state, certificate, last contact, inventory, latest metrics,
-    /// guests, the health tree and open alerts.
+    /// guests, the health tree, open alerts and the latest values of the packs' collect
+    /// rules.
     Show {
         /// Appliance id (ap-…).
         id: String,
@@ -43,7 +44,7 @@ pub enum AppliancesCmd {
         #[arg(long)]
         json: bool,
         /// Only records of this kind.
-        #[arg(long, value_name = "KIND", value_parser = ["inventory", "metrics", "agent", "vm_inventory", "vm_metrics", "health", "alert", "pack_status"])]
+        #[arg(long, value_name = "KIND", value_parser = ["inventory", "metrics", "agent", "vm_inventory", "vm_metrics", "health", "alert", "pack_status", "collected"])]
         kind: Option<String>,
         /// At most this many (the lowest record ids).
         #[arg(long, value_name = "N")]
@@ -150,6 +151,7 @@ pub fn run(c: AppliancesCmd) -> Result<(), CliError> {
                 let packs = store.pack_status(&id).await?;
                 let update = store.update_state(&id).await?;
                 let window = store.effective_window(&id).await?;
+                let collected = store.collected(&id, COLLECTED_SHOWN).await?;
                 store.close().await;
                 let mut v = detail_json(&d);
                 v["vms"] = Value::Array(vms.iter().map(vm_json).collect());
@@ -157,6 +159,11 @@ pub fn run(c: AppliancesCmd) -> Result<(), CliError> {
                 v["open_alerts"] = Value::Array(alerts.iter().map(alert_json).collect());
                 v["packs"] = super::packs::pack_status_json(packs.as_ref());
                 v["update"] = super::windows::update_json(update.as_ref(), window.as_ref());
+                v["collected"] = latest_collected_json(
+                    collected
+                        .iter()
+                        .map(|c| (&c.rule, &c.object, &c.metric, c.value, c.at)),
+                );
                 if json {
                     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 } else {
@@ -261,6 +268,36 @@ pub fn run(c: AppliancesCmd) -> Result<(), CliError> {
             }
         }
     })
+}
+
+/// How many of the newest collected values `show` looks at.
+const COLLECTED_SHOWN: i64 = 1000;
+
+/// The newest value per rule, object and metric, sorted by object, metric and rule.
+fn latest_collected_json<'a>(
+    rows: impl Iterator<Item = (&'a String, &'a String, &'a String, f64, i64)>,
+) -> Value {
+    let mut latest: std::collections::BTreeMap<(&str, &str, &str), (f64, i64)> =
+        std::collections::BTreeMap::new();
+    for (rule, object, metric, value, at) in rows {
+        let slot = latest
+            .entry((object.as_str(), metric.as_str(), rule.as_str()))
+            .or_insert((value, at));
+        if at >= slot.1 {
+            *slot = (value, at);
+        }
+    }
+    Value::Array(
+        latest
+            .into_iter()
+            .map(|((object, metric, rule), (value, at))| {
+                json!({
+                    "object": object, "metric": metric, "rule": rule,
+                    "value": value, "at": rfc3339(at),
+                })
+            })
+            .collect(),
+    )
 }
 
 fn parse_or_null(s: Option<&String>) -> Value {
@@ -481,6 +518,20 @@ fn print_box_health(v: &Value) {
     }
     for line in super::packs::pack_status_lines(&v["packs"]) {
         println!("{line}");
+    }
+    let collected = v["collected"].as_array().map_or(&[][..], Vec::as_slice);
+    if !collected.is_empty() {
+        println!("collected       {} value(s), latest each", collected.len());
+        for c in collected {
+            println!(
+                "  {:<28} {:<20} {}  ({}, {})",
+                text(&c["object"]),
+                text(&c["metric"]),
+                text(&c["value"]),
+                text(&c["rule"]),
+                text(&c["at"])
+            );
+        }
     }
     let alerts = v["open_alerts"].as_array().map_or(&[][..], Vec::as_slice);
     if alerts.is_empty() {

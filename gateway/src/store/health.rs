@@ -9,6 +9,9 @@
 //!
 //! Records of kind `pack_status` (migration 0005) keep the latest word per appliance on
 //! whether its delivered packs are in force, why not, and its override conflicts.
+//!
+//! Records of kind `collected` (migration 0006) add one row per value the packs' collect
+//! rules picked on the box.
 
 use outpost_proto::health::PackStatus;
 use outpost_proto::vm::VmInventory;
@@ -95,6 +98,21 @@ pub struct PackStatusRow {
     pub status: PackStatus,
     /// Its collection time, unix ms.
     pub reported_at: Millis,
+}
+
+/// One value a collect rule picked on the box.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectedRow {
+    /// The collect rule.
+    pub rule: String,
+    /// `CLASS/ID`.
+    pub object: String,
+    /// The metric.
+    pub metric: String,
+    /// The value.
+    pub value: f64,
+    /// When it was sampled on the box, unix ms.
+    pub at: Millis,
 }
 
 fn vm_json(vm: &VmInventory) -> String {
@@ -265,6 +283,23 @@ pub(super) async fn apply_record(
             .await
             .map_err(q("store pack status"))?;
         }
+        Record::Collected { values, .. } => {
+            for v in values {
+                sqlx::query(
+                    "INSERT INTO collected (appliance_id, rule, object, metric, value, at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(appliance_id)
+                .bind(&v.rule)
+                .bind(&v.object)
+                .bind(&v.metric)
+                .bind(v.value)
+                .bind(v.at_ms)
+                .execute(&mut *conn)
+                .await
+                .map_err(q("store collected value"))?;
+            }
+        }
         Record::Inventory { .. } | Record::Metrics { .. } | Record::Agent { .. } => {}
     }
     Ok(())
@@ -401,6 +436,39 @@ impl Store {
                 reported_at: r.get(5),
             }
         }))
+    }
+
+    /// The values collect rules picked on the appliance, oldest first; at most `limit` (the
+    /// newest).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn collected(
+        &self,
+        appliance_id: &str,
+        limit: i64,
+    ) -> Result<Vec<CollectedRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rule, object, metric, value, at FROM collected
+             WHERE appliance_id = $1 ORDER BY at DESC, object DESC, metric DESC LIMIT $2",
+        )
+        .bind(appliance_id)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await
+        .map_err(q("list collected values"))?;
+        let mut out: Vec<CollectedRow> = rows
+            .iter()
+            .map(|r| CollectedRow {
+                rule: r.get(0),
+                object: r.get(1),
+                metric: r.get(2),
+                value: r.get(3),
+                at: r.get(4),
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
     }
 
     /// The appliance's alerts, newest raise first: only open ones with `open_only`.
