@@ -125,7 +125,16 @@ pub fn restore_delivered(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     match plan_packs(&saved.packs, &[]) {
-        PackUpdate::Unchanged => {}
+        PackUpdate::Unchanged => {
+            // A document without packs: the built-in pack alone, as delivered.
+            if saved.etag.is_some() {
+                engine.note_delivery(PackStatus {
+                    etag: saved.etag.clone(),
+                    applied: true,
+                    ..PackStatus::default()
+                });
+            }
+        }
         PackUpdate::Apply(set) => {
             engine.set_packs(set);
             engine.note_delivery(PackStatus {
