@@ -2,11 +2,15 @@
 //! `GET /v1/config`, the collector judges its box with them, and state changes, alerts and
 //! the guest list come back to `appliances show`.
 //!
-//! * A threshold on the host's uptime (which only grows) set below the current value
-//!   raises an alert; the same pack re-imported with the threshold far above resolves it —
-//!   deterministic, without loading the machine.
-//! * A real QEMU guest started by the test appears in `vms`, and disappears once killed
-//!   (SKIP without `qemu-system-x86_64`).
+//! * A certificate file the test writes with two days left crosses a pack's expiry
+//!   threshold: the alert reaches the gateway; the file replaced by a long-lived
+//!   certificate (the value returns) resolves it.
+//! * The values of collect rules reach the gateway's store.
+//! * A collector restarted while the gateway is down keeps its packs and its judgement: the
+//!   alert it raised before resolves under the same id, and nothing is raised twice.
+//! * Several real QEMU guests started by the test are discovered with their name, UUID,
+//!   vCPUs and memory; once settled no more `vm_inventory` records travel, and stopping
+//!   one sends one delta naming only it (SKIP without `qemu-system-x86_64`).
 //! * Bad packs are refused at import with file, line and reason (exit 3); a set the
 //!   collector cannot apply together is refused there, logged, and the last good set kept.
 //! * `GET /v1/config`'s ETag changes only when the appliance's packs do.
@@ -96,21 +100,88 @@ fn start_collector(
     Ok((col, id))
 }
 
+/// A pack watching one certificate file: discovered by path, critical with under 3 days
+/// left (warning under 10), one sample; an alert on it; and a collect rule forwarding its
+/// expiry.
+fn expiry_pack(cert_path: &str) -> String {
+    format!(
+        r#"[pack]
+name = "e2e.expiry"
+version = "1"
+
+[[discovery]]
+id = "e2e.certificates"
+class = "certificate"
+paths = [{cert_path:?}]
+
+[[monitor]]
+id = "e2e.expiry"
+class = "certificate"
+type = "certificate_expiry"
+warning = 10
+critical = 3
+samples = 1
+
+[[rule]]
+id = "e2e.alert.expiry"
+type = "alert"
+monitor = "e2e.expiry"
+severity = "warning"
+message = "certificate {{id}} expires soon ({{state}})"
+
+[[rule]]
+id = "e2e.collect.expiry"
+type = "collect"
+class = "certificate"
+metrics = ["expires_at_ms"]
+"#
+    )
+}
+
+/// Replaces `path` with a certificate for `cn` that expires `days` from now (atomically,
+/// as a renewal tool would).
+fn put_cert(path: &Path, cn: &str, days: u64) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, short_lived_cert(cn, days)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The alerts (open and resolved) of `rule` on `object`, from `appliances alerts --all`.
+fn alerts_of(gw: &Gateway, id: &str, rule: &str, object: &str) -> anyhow::Result<Vec<Value>> {
+    let all: Value =
+        serde_json::from_str(&gw.cli_ok(&["appliances", "alerts", id, "--all", "--json"])?)?;
+    Ok(all
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|a| a["rule"] == rule && a["object"] == object)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 #[test]
-fn a_threshold_crossed_raises_an_alert_at_the_gateway_and_it_resolves() -> anyhow::Result<()> {
+fn a_monitor_crossing_its_threshold_raises_an_alert_and_it_resolves_when_the_value_returns(
+) -> anyhow::Result<()> {
     let wd = Workdir::new("health-alert")?;
     let gw = Gateway::start_new(&wd.subdir("gw")?)?;
+    let certs = wd.subdir("certs")?;
+    let cert = certs.join("site.pem");
+    // Two days left: past the critical level of 3 days.
+    put_cert(&cert, "site.example", 2)?;
+    let cert_path = cert.to_string_lossy().into_owned();
     let packs = wd.subdir("packs")?;
-    // Below any real uptime: critical at once.
-    let low = write(&packs, "uptime-low.toml", &uptime_pack("1", 1, 2))?;
-    let out = gw.cli_ok(&["packs", "import", &low])?;
+    let file = write(&packs, "expiry.toml", &expiry_pack(&cert_path))?;
+    let out = gw.cli_ok(&["packs", "import", &file])?;
     assert!(
-        out.contains("imported pack e2e.uptime (version 1)"),
+        out.contains("imported pack e2e.expiry (version 1)"),
         "{out}"
     );
-    gw.cli_ok(&["packs", "assign", "e2e.uptime", "--customer", "acme-health"])?;
+    gw.cli_ok(&["packs", "assign", "e2e.expiry", "--customer", "acme-health"])?;
     let listed: Value = serde_json::from_str(&gw.cli_ok(&["packs", "list", "--json"])?)?;
-    assert_eq!(listed[0]["name"], "e2e.uptime", "{listed}");
+    assert_eq!(listed[0]["name"], "e2e.expiry", "{listed}");
     assert_eq!(
         listed[0]["assigned"][0]["target"], "acme-health",
         "{listed}"
@@ -118,68 +189,53 @@ fn a_threshold_crossed_raises_an_alert_at_the_gateway_and_it_resolves() -> anyho
 
     let (_col, id) = start_collector(&wd, &gw, "acme-health")?;
     wait_show(&gw, &id, "the packs applied", COLLECTOR_TIMEOUT, |v| {
-        v["packs"]["applied"] == true && v["packs"]["packs"][0] == "e2e.uptime"
+        v["packs"]["applied"] == true && v["packs"]["packs"][0] == "e2e.expiry"
     })?;
+    let object = format!("certificate/{cert_path}");
+    let ours = |v: &Value| {
+        open_alerts(v)
+            .into_iter()
+            .find(|a| a["rule"] == "e2e.alert.expiry" && a["object"] == object.as_str())
+    };
     let raised = wait_show(
         &gw,
         &id,
-        "the uptime alert open at the gateway",
+        "the expiry alert open at the gateway",
         COLLECTOR_TIMEOUT,
-        |v| {
-            open_alerts(v)
-                .iter()
-                .any(|a| a["rule"] == "e2e.alert.uptime")
-        },
+        |v| ours(v).is_some(),
     )?;
-    let alert = open_alerts(&raised)
-        .into_iter()
-        .find(|a| a["rule"] == "e2e.alert.uptime")
-        .expect("found above");
+    let alert = ours(&raised).expect("found above");
     assert_eq!(alert["severity"], "critical", "{alert}");
-    assert_eq!(alert["monitor"], "e2e.uptime", "{alert}");
-    assert!(
-        alert["object"].as_str().unwrap_or("").starts_with("host/"),
-        "{alert}"
-    );
+    assert_eq!(alert["monitor"], "e2e.expiry", "{alert}");
     assert!(alert["raised_at"].is_string(), "{alert}");
     assert_eq!(
-        host_monitor(&raised, "e2e.uptime").as_deref(),
+        object_monitor(&raised, &object, "e2e.expiry").as_deref(),
         Some("critical"),
         "{raised}"
     );
     // The text form shows the same.
     let text = gw.cli_ok(&["appliances", "show", &id])?;
     assert!(text.contains("open alerts"), "{text}");
-    assert!(text.contains("has been up too long (critical)"), "{text}");
-    assert!(text.contains("- e2e.uptime"), "{text}");
+    assert!(text.contains("expires soon (critical)"), "{text}");
+    assert!(text.contains("- e2e.expiry"), "{text}");
     // The built-in pack is judged too: the host has its rolled-up health.
     let host = raised["health"][0].clone();
     assert_eq!(host["class"], "host", "{raised}");
     assert!(host["state"].is_string(), "{raised}");
 
-    // The value "returns": the same pack with the threshold far above any uptime.
-    let high = write(
-        &packs,
-        "uptime-high.toml",
-        &uptime_pack("2", 1 << 40, 1 << 41),
-    )?;
-    let out = gw.cli_ok(&["packs", "import", &high])?;
-    assert!(out.contains("version 2"), "{out}");
+    // The value returns: the certificate is renewed for a year; nothing else changes.
+    put_cert(&cert, "site.example", 365)?;
     let resolved = wait_show(
         &gw,
         &id,
-        "the uptime alert resolved",
+        "the expiry alert resolved",
         COLLECTOR_TIMEOUT,
         |v| {
-            !open_alerts(v)
-                .iter()
-                .any(|a| a["rule"] == "e2e.alert.uptime")
-                && host_monitor(v, "e2e.uptime").as_deref() == Some("healthy")
+            ours(v).is_none()
+                && object_monitor(v, &object, "e2e.expiry").as_deref() == Some("healthy")
         },
     )?;
-    assert!(open_alerts(&resolved)
-        .iter()
-        .all(|a| a["rule"] != "e2e.alert.uptime"));
+    assert!(ours(&resolved).is_none());
     // Both the raise and the resolution travelled as alert records.
     let records: Value = serde_json::from_str(&gw.cli_ok(&[
         "appliances",
@@ -196,28 +252,24 @@ fn a_threshold_crossed_raises_an_alert_at_the_gateway_and_it_resolves() -> anyho
         serde_json::from_str(&gw.cli_ok(&["appliances", "alerts", &id, "--json"])?)?;
     assert!(
         open.as_array()
-            .is_some_and(|a| a.iter().all(|a| a["rule"] != "e2e.alert.uptime")),
+            .is_some_and(|a| a.iter().all(|a| a["rule"] != "e2e.alert.expiry")),
         "{open}"
     );
-    let all: Value =
-        serde_json::from_str(&gw.cli_ok(&["appliances", "alerts", &id, "--all", "--json"])?)?;
-    let gone = all
-        .as_array()
-        .and_then(|a| a.iter().find(|a| a["rule"] == "e2e.alert.uptime"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    assert!(gone["raised_at"].is_string(), "{all}");
-    assert!(gone["resolved_at"].is_string(), "{all}");
-    assert_eq!(gone["resolve_reason"], "healthy", "{all}");
+    let gone = alerts_of(&gw, &id, "e2e.alert.expiry", &object)?;
+    assert_eq!(gone.len(), 1, "one occurrence: {gone:?}");
+    assert_eq!(gone[0]["id"], alert["id"], "{gone:?}");
+    assert!(gone[0]["raised_at"].is_string(), "{gone:?}");
+    assert!(gone[0]["resolved_at"].is_string(), "{gone:?}");
+    assert_eq!(gone[0]["resolve_reason"], "healthy", "{gone:?}");
     let text = gw.cli_ok(&["appliances", "alerts", &id, "--all"])?;
-    assert!(text.contains("has been up too long"), "{text}");
+    assert!(text.contains("expires soon"), "{text}");
     let history: Value =
         serde_json::from_str(&gw.cli_ok(&["appliances", "health-history", &id, "--json"])?)?;
-    let uptime: Vec<(String, String)> = history
+    let changes: Vec<(String, String)> = history
         .as_array()
         .map(|h| {
             h.iter()
-                .filter(|c| c["monitor"] == "e2e.uptime")
+                .filter(|c| c["monitor"] == "e2e.expiry")
                 .map(|c| {
                     assert!(c["at"].is_string(), "{c}");
                     (c["from"].to_string(), c["to"].to_string())
@@ -226,8 +278,196 @@ fn a_threshold_crossed_raises_an_alert_at_the_gateway_and_it_resolves() -> anyho
         })
         .unwrap_or_default();
     assert!(
-        uptime.contains(&("\"critical\"".into(), "\"healthy\"".into())),
+        changes.contains(&("\"critical\"".into(), "\"healthy\"".into())),
         "{history}"
+    );
+    Ok(())
+}
+
+#[test]
+fn values_of_collect_rules_reach_the_gateway() -> anyhow::Result<()> {
+    let wd = Workdir::new("health-collected")?;
+    let gw = Gateway::start_new(&wd.subdir("gw")?)?;
+    let certs = wd.subdir("certs")?;
+    let cert = certs.join("site.pem");
+    put_cert(&cert, "site.example", 100)?;
+    let not_after_ms = {
+        let pem = std::fs::read(&cert)?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)?;
+        pem.parse_x509()?.validity().not_after.timestamp() * 1000
+    };
+    let cert_path = cert.to_string_lossy().into_owned();
+    let packs = wd.subdir("packs")?;
+    let file = write(&packs, "expiry.toml", &expiry_pack(&cert_path))?;
+    gw.cli_ok(&["packs", "import", &file])?;
+    gw.cli_ok(&[
+        "packs",
+        "assign",
+        "e2e.expiry",
+        "--customer",
+        "acme-collect",
+    ])?;
+    let (_col, id) = start_collector(&wd, &gw, "acme-collect")?;
+    let object = format!("certificate/{cert_path}");
+    let find = |v: &Value, object: &str, metric: &str| -> Option<Value> {
+        v["collected"]
+            .as_array()?
+            .iter()
+            .find(|c| c["object"] == object && c["metric"] == metric)
+            .cloned()
+    };
+    // The pack's rule, and the built-in pack's host rule.
+    let v = wait_show(
+        &gw,
+        &id,
+        "collected values stored at the gateway",
+        COLLECTOR_TIMEOUT,
+        |v| {
+            find(v, &object, "expires_at_ms").is_some()
+                && v["collected"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["rule"] == "collect.host" && c["metric"] == "load1")
+                })
+        },
+    )?;
+    let expiry = find(&v, &object, "expires_at_ms").expect("found above");
+    assert_eq!(expiry["rule"], "e2e.collect.expiry", "{expiry}");
+    #[allow(clippy::cast_precision_loss)]
+    let expected = not_after_ms as f64;
+    assert!(
+        expiry["value"].as_f64() == Some(expected),
+        "{expiry} != {not_after_ms}"
+    );
+    assert!(expiry["at"].is_string(), "{expiry}");
+    // They travel every round as `collected` records.
+    outpost_tests::wait_for(
+        "several collected records stored",
+        COLLECTOR_TIMEOUT,
+        std::time::Duration::from_millis(300),
+        || {
+            let n =
+                outpost_tests::faults::stored_records_of_kind(&gw, &id, Some("collected"))?.len();
+            Ok((n >= 3).then_some(()))
+        },
+    )?;
+    let text = gw.cli_ok(&["appliances", "show", &id])?;
+    assert!(text.contains("collected"), "{text}");
+    assert!(text.contains("expires_at_ms"), "{text}");
+    Ok(())
+}
+
+/// The `alert` records waiting in a collector's spool, as JSON.
+fn unsent_alerts(state_dir: &Path) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for f in outpost_tests::spool::unsent_frames(state_dir)? {
+        if f.kind != "alert" {
+            continue;
+        }
+        let bytes = std::fs::read(&f.path)?;
+        let start = usize::try_from(f.payload_offset())?;
+        let end = start + usize::try_from(f.len)?;
+        if let Some(payload) = bytes.get(start..end) {
+            out.push(serde_json::from_slice(payload)?);
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn a_restarted_collector_resolves_the_alert_it_raised_before_under_the_same_id(
+) -> anyhow::Result<()> {
+    let wd = Workdir::new("health-restart")?;
+    let mut gw = Gateway::start_new(&wd.subdir("gw")?)?;
+    let certs = wd.subdir("certs")?;
+    let cert = certs.join("site.pem");
+    put_cert(&cert, "site.example", 2)?;
+    let cert_path = cert.to_string_lossy().into_owned();
+    let packs = wd.subdir("packs")?;
+    let file = write(&packs, "expiry.toml", &expiry_pack(&cert_path))?;
+    gw.cli_ok(&["packs", "import", &file])?;
+    gw.cli_ok(&[
+        "packs",
+        "assign",
+        "e2e.expiry",
+        "--customer",
+        "acme-restart",
+    ])?;
+    let (mut col, id) = start_collector(&wd, &gw, "acme-restart")?;
+    let object = format!("certificate/{cert_path}");
+    let rule = "e2e.alert.expiry";
+    wait_show(&gw, &id, "the expiry alert open", COLLECTOR_TIMEOUT, |v| {
+        open_alerts(v)
+            .iter()
+            .any(|a| a["rule"] == rule && a["object"] == object.as_str())
+    })?;
+    let before = alerts_of(&gw, &id, rule, &object)?;
+    assert_eq!(before.len(), 1, "{before:?}");
+    let alert_id = before[0]["id"].clone();
+
+    // The gateway goes away, then the collector restarts: it has only what it kept.
+    gw.stop()?;
+    col.stop()?;
+    let agents = |dir: &Path| -> anyhow::Result<usize> {
+        Ok(outpost_tests::spool::unsent_frames(dir)?
+            .iter()
+            .filter(|f| f.kind == "agent")
+            .count())
+    };
+    let before_restart = agents(col.state_dir())?;
+    col.start()?;
+    // Still bad for a few collections: nothing about this certificate is raised again.
+    outpost_tests::wait_for(
+        "three collections after the restart",
+        COLLECTOR_TIMEOUT,
+        std::time::Duration::from_millis(200),
+        || Ok((agents(col.state_dir())? >= before_restart + 3).then_some(())),
+    )?;
+    let again: Vec<Value> = unsent_alerts(col.state_dir())?
+        .into_iter()
+        .filter(|a| a["alert"]["object"] == object.as_str())
+        .collect();
+    assert!(again.is_empty(), "nothing changed, yet: {again:?}");
+    // The condition clears while the gateway is still down: judged on the box.
+    put_cert(&cert, "site.example", 365)?;
+    let resolution = outpost_tests::wait_for(
+        "the resolution spooled while offline",
+        COLLECTOR_TIMEOUT,
+        std::time::Duration::from_millis(200),
+        || {
+            Ok(unsent_alerts(col.state_dir())?
+                .into_iter()
+                .find(|a| a["alert"]["rule"] == rule && a["alert"]["object"] == object.as_str()))
+        },
+    )?;
+    assert_eq!(resolution["alert"]["status"], "resolved", "{resolution}");
+    assert_eq!(resolution["alert"]["id"], alert_id, "{resolution}");
+
+    gw.restart()?;
+    let v = wait_show(
+        &gw,
+        &id,
+        "the alert resolved at the gateway",
+        COLLECTOR_TIMEOUT,
+        |v| {
+            !open_alerts(v).iter().any(|a| a["rule"] == rule)
+                && object_monitor(v, &object, "e2e.expiry").as_deref() == Some("healthy")
+        },
+    )?;
+    assert!(open_alerts(&v).iter().all(|a| a["rule"] != rule), "{v}");
+    let after = alerts_of(&gw, &id, rule, &object)?;
+    assert_eq!(
+        after.len(),
+        1,
+        "the same occurrence, not a second one: {after:?}"
+    );
+    assert_eq!(after[0]["id"], alert_id, "{after:?}");
+    assert_eq!(after[0]["resolve_reason"], "healthy", "{after:?}");
+    assert!(after[0]["resolved_at"].is_string(), "{after:?}");
+    let text = std::fs::read_to_string(col.log_path())?;
+    assert!(
+        text.contains("health packs the gateway delivered before the restart applied")
+            && text.contains("health judgement of the previous run restored"),
+        "{text}"
     );
     Ok(())
 }
@@ -325,63 +565,239 @@ async fn config_etag_changes_only_when_the_assigned_packs_do() -> anyhow::Result
     Ok(())
 }
 
+/// The `vm_inventory` records the gateway stored for `id`, by record id, read from its
+/// store (the CLI lists kinds and times, not bodies).
+fn stored_vm_deltas(gw: &Gateway, id: &str) -> anyhow::Result<Vec<(i64, Value)>> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(read_vm_deltas(gw, id))
+}
+
+async fn read_vm_deltas(gw: &Gateway, id: &str) -> anyhow::Result<Vec<(i64, Value)>> {
+    use sqlx::{Connection, Row};
+    let config: toml::Value = toml::from_str(&std::fs::read_to_string(gw.config_path())?)?;
+    let store = config["store"].as_str().unwrap_or("store.db").to_string();
+    let url = if store.starts_with("postgres://") || store.starts_with("postgresql://") {
+        store
+    } else {
+        let p = store
+            .strip_prefix("sqlite://")
+            .or_else(|| store.strip_prefix("sqlite:"))
+            .unwrap_or(&store);
+        let p = Path::new(p);
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            gw.dir().join(p)
+        };
+        format!("sqlite://{}", p.display())
+    };
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&url).await?;
+    let rows = sqlx::query(
+        "SELECT rid, body FROM records WHERE appliance_id = $1 AND kind = 'vm_inventory' \
+         ORDER BY rid",
+    )
+    .bind(id)
+    .fetch_all(&mut conn)
+    .await?;
+    let out = rows
+        .iter()
+        .map(|r| {
+            let body: String = r.get(1);
+            Ok((r.get::<i64, _>(0), serde_json::from_str(&body)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>();
+    conn.close().await?;
+    out
+}
+
+/// The UUIDs a `vm_inventory` record names under `part` (`added`, `removed`, `changed`).
+fn delta_uuids(record: &Value, part: &str) -> Vec<String> {
+    record["delta"][part]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|vm| vm["uuid"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every UUID a `vm_inventory` record names.
+fn all_delta_uuids(record: &Value) -> Vec<String> {
+    ["added", "removed", "changed"]
+        .iter()
+        .flat_map(|p| delta_uuids(record, p))
+        .collect()
+}
+
 #[test]
-fn a_real_qemu_guest_shows_up_in_vms_and_goes_when_killed() -> anyhow::Result<()> {
+fn real_qemu_guests_are_discovered_and_only_their_changes_travel() -> anyhow::Result<()> {
     if let Some(reason) = qemu::unavailable() {
         let _ = writeln!(std::io::stderr(), "SKIP: {reason}");
         return Ok(());
     }
+    let started = std::time::Instant::now();
     let wd = Workdir::new("health-vms")?;
     let gw = Gateway::start_new(&wd.subdir("gw")?)?;
     let (_col, id) = start_collector(&wd, &gw, "acme-vms")?;
-    let guests = wd.subdir("guests")?;
-    let name = format!("outpost-e2e-{}", &qemu::fresh_uuid()[..8]);
-    let mut guest = Guest::start(&guests, &name, 2, 64)?;
-    let uuid = guest.uuid.clone();
-    let ours = |v: &Value| -> Option<Value> {
+    let dir = wd.subdir("guests")?;
+    let tag = qemu::fresh_uuid()[..8].to_string();
+    // Three guests with different shapes, so each field is checked per guest.
+    let mut guests = Vec::new();
+    for (i, (vcpus, mib)) in [(1u32, 48u64), (2, 64), (3, 96)].into_iter().enumerate() {
+        guests.push(Guest::start(
+            &dir,
+            &format!("outpost-e2e-{tag}-{i}"),
+            vcpus,
+            mib,
+        )?);
+    }
+    let ours: Vec<String> = guests.iter().map(|g| g.uuid.clone()).collect();
+    let vm_of = |v: &Value, uuid: &str| -> Option<Value> {
         v["vms"]
             .as_array()?
             .iter()
-            .find(|vm| vm["uuid"] == uuid.as_str())
+            .find(|vm| vm["uuid"] == uuid)
             .cloned()
     };
-    let seen = wait_show(&gw, &id, "the guest in `vms`", COLLECTOR_TIMEOUT, |v| {
-        ours(v).is_some_and(|vm| !vm["metrics"].is_null())
+    let seen = wait_show(&gw, &id, "every guest in `vms`", COLLECTOR_TIMEOUT, |v| {
+        ours.iter()
+            .all(|u| vm_of(v, u).is_some_and(|vm| !vm["metrics"].is_null()))
     })
-    .map_err(|e| e.context(format!("qemu log: {}", guest.log())))?;
-    let vm = ours(&seen).expect("found above");
-    assert_eq!(vm["name"], name.as_str(), "{vm}");
-    assert_eq!(vm["vcpus"], 2, "{vm}");
-    assert_eq!(vm["memory_bytes"], 64u64 << 20, "{vm}");
-    assert_eq!(vm["source"], "qemu", "{vm}");
-    assert!(vm["state"].is_string(), "{vm}");
-    // Judged too: the guest is an object of the health tree.
-    let vm_object = format!("vm/{name}");
+    .map_err(|e| {
+        let logs: Vec<String> = guests.iter().map(Guest::log).collect();
+        e.context(format!("qemu logs: {logs:?}"))
+    })?;
+    for g in &guests {
+        let vm = vm_of(&seen, &g.uuid).expect("found above");
+        assert_eq!(vm["name"], g.name.as_str(), "{vm}");
+        assert_eq!(vm["vcpus"], g.vcpus, "{vm}");
+        assert_eq!(vm["memory_bytes"], g.memory_mib << 20, "{vm}");
+        assert_eq!(vm["source"], "qemu", "{vm}");
+        assert!(vm["state"].is_string(), "{vm}");
+    }
+    // Judged too: every guest is an object of the health tree.
     wait_show(
         &gw,
         &id,
-        "the guest in the health tree",
+        "the guests in the health tree",
         COLLECTOR_TIMEOUT,
         |v| {
-            v["health"]
-                .as_array()
-                .is_some_and(|objs| objs.iter().any(|o| o["object"] == vm_object.as_str()))
+            guests.iter().all(|g| {
+                let object = format!("vm/{}", g.name);
+                v["health"]
+                    .as_array()
+                    .is_some_and(|objs| objs.iter().any(|o| o["object"] == object.as_str()))
+            })
         },
     )?;
 
-    guest.stop();
+    // Settled: further collections send no guest list. Wait for four more collections to be
+    // stored (one `agent` record each) and compare.
+    let agents = |gw: &Gateway| -> anyhow::Result<usize> {
+        Ok(outpost_tests::faults::stored_records_of_kind(gw, &id, Some("agent"))?.len())
+    };
+    let settled = stored_vm_deltas(&gw, &id)?;
+    let last_settled = settled.last().map_or(0, |(rid, _)| *rid);
+    let mark = agents(&gw)?;
+    outpost_tests::wait_for(
+        "four more collections stored",
+        COLLECTOR_TIMEOUT,
+        std::time::Duration::from_millis(250),
+        || Ok((agents(&gw)? >= mark + 4).then_some(())),
+    )?;
+    let quiet = stored_vm_deltas(&gw, &id)?;
+    // Guests of other processes on this machine (another test's QEMU) may come and go;
+    // only with none of those is the count itself exact.
+    let foreign = quiet
+        .iter()
+        .flat_map(|(_, r)| all_delta_uuids(r))
+        .any(|u| !ours.contains(&u));
+    let later: Vec<&Value> = quiet
+        .iter()
+        .filter(|(rid, _)| *rid > last_settled)
+        .map(|(_, r)| r)
+        .collect();
+    assert!(
+        later
+            .iter()
+            .all(|r| all_delta_uuids(r).iter().all(|u| !ours.contains(u))),
+        "an unchanged guest list sent again: {later:?}"
+    );
+    if !foreign {
+        assert_eq!(
+            quiet.len(),
+            settled.len(),
+            "no vm_inventory records once settled: {later:?}"
+        );
+    }
+
+    // One guest stops: noticed, and the delta names only it.
+    let mut stopped = guests.remove(1);
+    stopped.stop();
     wait_show(
         &gw,
         &id,
-        "the guest gone from `vms` and the health tree",
+        "the stopped guest gone from `vms`",
+        COLLECTOR_TIMEOUT,
+        |v| vm_of(v, &stopped.uuid).is_none() && guests.iter().all(|g| vm_of(v, &g.uuid).is_some()),
+    )?;
+    let after = stored_vm_deltas(&gw, &id)?;
+    let touching: Vec<&Value> = after
+        .iter()
+        .filter(|(rid, _)| *rid > last_settled)
+        .map(|(_, r)| r)
+        .filter(|r| all_delta_uuids(r).iter().any(|u| ours.contains(u)))
+        .collect();
+    assert_eq!(touching.len(), 1, "one delta for the stop: {touching:?}");
+    let delta = touching[0];
+    assert_eq!(delta["full"], false, "{delta}");
+    let removed: Vec<String> = delta_uuids(delta, "removed")
+        .into_iter()
+        .filter(|u| ours.contains(u) || !foreign)
+        .collect();
+    assert_eq!(removed, [stopped.uuid.clone()], "{delta}");
+    assert!(
+        delta_uuids(delta, "added")
+            .iter()
+            .all(|u| !ours.contains(u)),
+        "{delta}"
+    );
+    assert!(
+        delta_uuids(delta, "changed")
+            .iter()
+            .all(|u| !ours.contains(u)),
+        "{delta}"
+    );
+    if !foreign {
+        assert_eq!(all_delta_uuids(delta), [stopped.uuid.clone()], "{delta}");
+    }
+    // Gone from the health tree too.
+    let object = format!("vm/{}", stopped.name);
+    wait_show(
+        &gw,
+        &id,
+        "the stopped guest gone from the health tree",
         COLLECTOR_TIMEOUT,
         |v| {
-            ours(v).is_none()
-                && !v["health"]
-                    .as_array()
-                    .is_some_and(|objs| objs.iter().any(|o| o["object"] == vm_object.as_str()))
+            !v["health"]
+                .as_array()
+                .is_some_and(|objs| objs.iter().any(|o| o["object"] == object.as_str()))
         },
     )?;
+    drop(guests);
+    let took = started.elapsed();
+    let _ = writeln!(
+        std::io::stderr(),
+        "real QEMU guests test took {took:?}; vm_inventory records: {} settled, {} after 4 \
+         quiet collections, {} after the stop; other guests on this machine: {foreign}",
+        settled.len(),
+        quiet.len(),
+        after.len()
+    );
     Ok(())
 }
 
