@@ -288,6 +288,25 @@ fn a_monitor_crossing_its_threshold_raises_an_alert_and_it_resolves_when_the_val
 fn values_of_collect_rules_reach_the_gateway() -> anyhow::Result<()> {
     let wd = Workdir::new("health-collected")?;
     let gw = Gateway::start_new(&wd.subdir("gw")?)?;
+    check_collected_values(&wd, &gw, "acme-collect")
+}
+
+#[test]
+fn values_of_collect_rules_reach_the_gateway_on_postgres() -> anyhow::Result<()> {
+    const TEST: &str = "values_of_collect_rules_reach_the_gateway_on_postgres";
+    let Some(db) = outpost_tests::pg::TestDatabase::create_or_skip(TEST)? else {
+        return Ok(());
+    };
+    let wd = Workdir::new("health-collected-pg")?;
+    let mut gw = Gateway::init_loopback(&wd.subdir("gw")?)?;
+    gw.set_config("store", db.url())?;
+    gw.start()?;
+    check_collected_values(&wd, &gw, "acme-collect-pg")
+}
+
+/// A pack's collect rule on a certificate file and the built-in host rule: their values
+/// reach the gateway's `collected` table (shown by `appliances show`).
+fn check_collected_values(wd: &Workdir, gw: &Gateway, customer: &str) -> anyhow::Result<()> {
     let certs = wd.subdir("certs")?;
     let cert = certs.join("site.pem");
     put_cert(&cert, "site.example", 100)?;
@@ -300,14 +319,8 @@ fn values_of_collect_rules_reach_the_gateway() -> anyhow::Result<()> {
     let packs = wd.subdir("packs")?;
     let file = write(&packs, "expiry.toml", &expiry_pack(&cert_path))?;
     gw.cli_ok(&["packs", "import", &file])?;
-    gw.cli_ok(&[
-        "packs",
-        "assign",
-        "e2e.expiry",
-        "--customer",
-        "acme-collect",
-    ])?;
-    let (_col, id) = start_collector(&wd, &gw, "acme-collect")?;
+    gw.cli_ok(&["packs", "assign", "e2e.expiry", "--customer", customer])?;
+    let (_col, id) = start_collector(wd, gw, customer)?;
     let object = format!("certificate/{cert_path}");
     let find = |v: &Value, object: &str, metric: &str| -> Option<Value> {
         v["collected"]
@@ -318,7 +331,7 @@ fn values_of_collect_rules_reach_the_gateway() -> anyhow::Result<()> {
     };
     // The pack's rule, and the built-in pack's host rule.
     let v = wait_show(
-        &gw,
+        gw,
         &id,
         "collected values stored at the gateway",
         COLLECTOR_TIMEOUT,
@@ -346,7 +359,7 @@ fn values_of_collect_rules_reach_the_gateway() -> anyhow::Result<()> {
         std::time::Duration::from_millis(300),
         || {
             let n =
-                outpost_tests::faults::stored_records_of_kind(&gw, &id, Some("collected"))?.len();
+                outpost_tests::faults::stored_records_of_kind(gw, &id, Some("collected"))?.len();
             Ok((n >= 3).then_some(()))
         },
     )?;
