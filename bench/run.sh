@@ -12,3 +12,5 @@ cargo build --release -p outpost-collector --example spool_bench
 # shellcheck disable=SC2086
 target/release/outpost-bench ${OUTPOST_BENCH_ARGS:-} --out bench/REPORT.md
 bench/footprint.sh "${OUTPOST_FOOTPRINT_SECS:-60}"
+# Image build (issue 6) vs mmdebstrap + genimage: writes bench/IMAGE.md, appends it to REPORT.md.
+bench/image.sh
