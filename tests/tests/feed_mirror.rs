@@ -521,3 +521,33 @@ async fn full_disk(wd: &Workdir, gw: &Gateway, feed_dir: &Path) -> anyhow::Resul
     assert_still_mirrored(&bx.cfg, "1.2.0");
     Ok(())
 }
+
+/// The bandwidth cap, through a real sync from the real gateway: a capped download of a blob
+/// takes at least its size over the rate (only the lower bound is asserted: a shared
+/// machine may always be slower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_sync_takes_at_least_size_over_rate() -> anyhow::Result<()> {
+    const RATE: u64 = 250_000;
+    let wd = Workdir::new("feed-mirror-cap")?;
+    let feed_dir = wd.join("feed");
+    feed_cli(&["init", s(&feed_dir)])?;
+    publish(wd.path(), &feed_dir, "1.0.0", "stable", 500_000)?;
+    let mut gw = Gateway::init_loopback(&wd.subdir("gw")?)?;
+    gw.set_feed_dir(&feed_dir.join("repo"))?;
+    gw.start()?;
+    let mut app = appliance(&gw, &wd.join("box"), &feed_dir, "stable").await?;
+    app.cfg.bandwidth_bytes_per_sec = Some(RATE);
+    let t0 = std::time::Instant::now();
+    let o = mirror::sync(&app.cfg).await?;
+    let took = t0.elapsed();
+    let blob = o.latest.context("latest")?.length;
+    assert!(blob > 400_000, "{blob}");
+    assert_eq!(o.downloaded_bytes, blob);
+    #[allow(clippy::cast_precision_loss)]
+    let floor = Duration::from_secs_f64(blob as f64 / RATE as f64);
+    assert!(
+        took >= floor,
+        "a {blob}-byte blob capped at {RATE} B/s synced in {took:?}, under {floor:?}"
+    );
+    Ok(())
+}

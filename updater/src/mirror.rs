@@ -288,6 +288,30 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, MirrorError> 
 /// # Errors
 /// [`MirrorError::Io`] for unreadable files, [`MirrorError::Tls`] for unusable PEM.
 pub fn mtls_client(ca: &Path, cert: &Path, key: &Path) -> Result<reqwest::Client, MirrorError> {
+    build_client(ca, cert, key, false)
+}
+
+/// [`mtls_client`] for bulk downloads (the mirror's metadata and blobs): HTTP/1.1 only.
+/// One large body over HTTP/2 moves in 16 KiB DATA frames under per-stream flow control
+/// (see bench/UPDATES.md for what that costs); the mirror fetches one file at a time, so
+/// HTTP/2's multiplexing buys it nothing.
+///
+/// # Errors
+/// As [`mtls_client`].
+pub fn mtls_bulk_client(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<reqwest::Client, MirrorError> {
+    build_client(ca, cert, key, true)
+}
+
+fn build_client(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    http1_only: bool,
+) -> Result<reqwest::Client, MirrorError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in read_certs(ca)? {
         roots
@@ -307,8 +331,15 @@ pub fn mtls_client(ca: &Path, cert: &Path, key: &Path) -> Result<reqwest::Client
     .with_root_certificates(roots)
     .with_client_auth_cert(chain, key_der)
     .map_err(|e| MirrorError::Tls(format!("{}: {e}", cert.display())))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder();
+    let builder = if http1_only {
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        builder.http1_only()
+    } else {
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        builder
+    };
+    builder
         .use_preconfigured_tls(cfg)
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
@@ -378,6 +409,8 @@ pub fn free_space(path: &Path) -> Result<u64, MirrorError> {
 struct RecordingTransport {
     client: reqwest::Client,
     fetched: Arc<Mutex<HashMap<String, bytes::Bytes>>>,
+    /// The sync's bandwidth cap, shared with the blob downloads.
+    throttle: SharedThrottle,
 }
 
 #[async_trait::async_trait]
@@ -403,6 +436,9 @@ impl Transport for RecordingTransport {
                 return Err(other(format!("larger than {MAX_METADATA_BYTES} bytes")));
             }
             body.extend_from_slice(&chunk);
+            if let Some(d) = self.throttle.delay_after(chunk.len() as u64) {
+                tokio::time::sleep(d).await;
+            }
         }
         let body = bytes::Bytes::from(body);
         if let Some(name) = url.path_segments().and_then(|mut s| s.next_back()) {
@@ -514,7 +550,7 @@ pub async fn sync(cfg: &MirrorConfig) -> Result<SyncOutcome, MirrorError> {
         let p = cfg.store_dir.join(d);
         std::fs::create_dir_all(&p).map_err(io_err("create", &p))?;
     }
-    let client = mtls_client(&cfg.ca_cert, &cfg.client_cert, &cfg.client_key)?;
+    let client = mtls_bulk_client(&cfg.ca_cert, &cfg.client_cert, &cfg.client_key)?;
     let mut worst: Option<MirrorError> = None;
     for gw in &cfg.gateways {
         match sync_from(cfg, &client, &root, gw).await {
@@ -566,9 +602,12 @@ async fn sync_from(
         base.join(p)
             .map_err(|e| MirrorError::Config(format!("gateway {gw:?}: {e}")))
     };
+    // One cap for the whole sync: metadata and blobs draw from the same budget.
+    let throttle = SharedThrottle::new(cfg.bandwidth_bytes_per_sec);
     let transport = RecordingTransport {
         client: client.clone(),
         fetched: Arc::default(),
+        throttle: throttle.clone(),
     };
     let repo = RepositoryLoader::new(&root, join("metadata/")?, join("targets/")?)
         .transport(transport.clone())
@@ -634,8 +673,7 @@ async fn sync_from(
     let mut downloaded = 0u64;
     for c in &candidates {
         let url = join(&format!("targets/{}.{}", c.sha256, c.name))?;
-        downloaded +=
-            download_blob(client, gw, &url, &blobs, c, cfg.bandwidth_bytes_per_sec).await?;
+        downloaded += download_blob(client, gw, &url, &blobs, c, &throttle).await?;
     }
 
     let ts_version = repo.timestamp().signed.version.get();
@@ -764,7 +802,26 @@ fn prune(store: &Path, state: &MirrorState) {
     }
 }
 
+/// A [`Throttle`] shared by every download of one sync.
+#[derive(Debug, Clone)]
+struct SharedThrottle(Option<Arc<Mutex<Throttle>>>);
+
+impl SharedThrottle {
+    fn new(rate: Option<u64>) -> Self {
+        Self(
+            rate.filter(|r| *r > 0)
+                .map(|r| Arc::new(Mutex::new(Throttle::new(Some(r))))),
+        )
+    }
+
+    fn delay_after(&self, n: u64) -> Option<Duration> {
+        let t = self.0.as_ref()?;
+        t.lock().map_or(None, |mut t| t.delay_after(n))
+    }
+}
+
 /// Paces a download to a byte rate.
+#[derive(Debug)]
 struct Throttle {
     rate: Option<u64>,
     start: Instant,
@@ -790,6 +847,51 @@ impl Throttle {
     }
 }
 
+/// Chunks queued between the network and the writer thread (each up to a few hundred KiB).
+const WRITE_QUEUE: usize = 64;
+/// Write buffer of a blob's `.part` file: coalesces network chunks into large writes.
+const WRITE_BUF: usize = 1 << 20;
+
+/// What the writer thread of [`download_blob`] ended with.
+struct Written {
+    hasher: Sha256,
+    /// Bytes in the `.part` file (before the failure, if any).
+    have: u64,
+    result: std::io::Result<()>,
+}
+
+/// Appends the chunks it receives to `file` and hashes them, off the async runtime, so the
+/// network, the hashing and the writes overlap; flushes and fsyncs when the channel closes.
+fn write_and_hash(
+    file: std::fs::File,
+    mut hasher: Sha256,
+    mut have: u64,
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> Written {
+    let mut w = std::io::BufWriter::with_capacity(WRITE_BUF, file);
+    let mut result = Ok(());
+    while let Some(chunk) = rx.blocking_recv() {
+        if let Err(e) = w.write_all(&chunk) {
+            result = Err(e);
+            break;
+        }
+        hasher.update(&chunk);
+        have += chunk.len() as u64;
+    }
+    drop(rx);
+    if result.is_ok() {
+        result = w.flush();
+    }
+    if result.is_ok() {
+        result = w.get_ref().sync_all();
+    }
+    Written {
+        hasher,
+        have,
+        result,
+    }
+}
+
 /// Downloads one target into `blobs/<sha>` (resuming `<sha>.part`), verifying length and
 /// sha256 before the rename. Returns the bytes fetched over the network.
 async fn download_blob(
@@ -798,7 +900,7 @@ async fn download_blob(
     url: &Url,
     blobs: &Path,
     c: &Candidate,
-    rate: Option<u64>,
+    throttle: &SharedThrottle,
 ) -> Result<u64, MirrorError> {
     let dest = blobs.join(&c.sha256);
     if dest.exists() {
@@ -847,58 +949,91 @@ async fn download_blob(
         if have > 0 {
             info!(blob = %c.name, from = have, "resuming download");
         }
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
             .append(have > 0)
             .truncate(have == 0)
             .open(&part)
             .map_err(io_err("open", &part))?;
-        let mut throttle = Throttle::new(rate);
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(WRITE_QUEUE);
+        let writer = tokio::task::spawn_blocking(move || write_and_hash(file, hasher, have, rx));
+        // What went wrong on the network side, if anything; the writer's outcome decides
+        // what is on disk.
+        let mut failure: Option<MirrorError> = None;
+        let mut received = have;
         loop {
             let chunk = match resp.chunk().await {
                 Ok(Some(ch)) => ch,
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = file.sync_all();
-                    return Err(MirrorError::TruncatedDownload {
+                    failure = Some(MirrorError::TruncatedDownload {
                         name: c.name.clone(),
-                        got: have,
+                        got: 0,
                         expected: c.length,
                         reason: error_chain(&e),
                     });
+                    break;
                 }
             };
-            if have + chunk.len() as u64 > c.length {
-                drop(file);
-                let _ = std::fs::remove_file(&part);
-                return Err(MirrorError::TamperedBlob {
+            if received + chunk.len() as u64 > c.length {
+                failure = Some(MirrorError::TamperedBlob {
                     name: c.name.clone(),
                     expected: c.sha256.clone(),
                     actual: format!("more than {} bytes", c.length),
                     length: c.length,
                 });
+                break;
             }
-            if let Err(e) = file.write_all(&chunk) {
-                drop(file);
-                let _ = std::fs::remove_file(&part);
-                if e.kind() == std::io::ErrorKind::StorageFull {
-                    return Err(MirrorError::DiskFull {
-                        path: part,
-                        needed: c.length - have,
-                        available: free_space(blobs).unwrap_or(0),
-                    });
-                }
-                return Err(io_err("write", &part)(e));
+            let n = chunk.len() as u64;
+            if tx.send(chunk).await.is_err() {
+                // The writer stopped: its error is reported below.
+                break;
             }
-            hasher.update(&chunk);
-            have += chunk.len() as u64;
-            fetched += chunk.len() as u64;
-            if let Some(d) = throttle.delay_after(chunk.len() as u64) {
+            received += n;
+            fetched += n;
+            if let Some(d) = throttle.delay_after(n) {
                 tokio::time::sleep(d).await;
             }
         }
-        file.sync_all().map_err(io_err("fsync", &part))?;
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| io_err("write", &part)(std::io::Error::other(e.to_string())))?;
+        have = written.have;
+        hasher = written.hasher;
+        if let Err(e) = written.result {
+            let _ = std::fs::remove_file(&part);
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                return Err(MirrorError::DiskFull {
+                    path: part,
+                    needed: c.length - have,
+                    available: free_space(blobs).unwrap_or(0),
+                });
+            }
+            return Err(io_err("write", &part)(e));
+        }
+        match failure {
+            Some(MirrorError::TruncatedDownload {
+                name,
+                expected,
+                reason,
+                ..
+            }) => {
+                // What arrived stays in `.part` (fsynced) for the next sync to resume.
+                return Err(MirrorError::TruncatedDownload {
+                    name,
+                    got: have,
+                    expected,
+                    reason,
+                });
+            }
+            Some(e) => {
+                let _ = std::fs::remove_file(&part);
+                return Err(e);
+            }
+            None => {}
+        }
     }
     if have < c.length {
         return Err(MirrorError::TruncatedDownload {
