@@ -14,3 +14,7 @@ target/release/outpost-bench ${OUTPOST_BENCH_ARGS:-} --out bench/REPORT.md
 bench/footprint.sh "${OUTPOST_FOOTPRINT_SECS:-60}"
 # Image build (issue 6) vs mmdebstrap + genimage: writes bench/IMAGE.md, appends it to REPORT.md.
 bench/image.sh
+# Scale (issue 7): outpost-loadgen against one gateway, a restart storm and a pool; writes
+# bench/SCALE.md, added to REPORT.md. Sizes: OUTPOST_SCALE_APPLIANCES, OUTPOST_SCALE_SECS.
+bench/scale.sh
+{ echo; sed 's/^#/##/' bench/SCALE.md; } >>bench/REPORT.md

@@ -192,6 +192,9 @@ pub struct StormReport {
     pub handshakes_per_sec: f64,
     /// Connection attempts that failed during the storm.
     pub failed_attempts: u64,
+    /// Appliances that saw no error at all (their connection outlived the restart's
+    /// window, or a request retried onto the new gateway by itself).
+    pub never_lost: usize,
 }
 
 /// What a run measured.
@@ -272,7 +275,6 @@ struct StormState {
     back: AtomicUsize,
     handshakes: AtomicU64,
     failed_attempts: AtomicU64,
-    done: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -594,10 +596,7 @@ async fn drive(mut sim: Sim, sh: Arc<Shared>, s: Arc<LoadSettings>, end: Instant
                     let _ = st.first_back.set(now);
                     *st.last_back.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
                     st.handshakes.fetch_add(1, Ordering::Relaxed);
-                    let back = st.back.fetch_add(1, Ordering::Relaxed) + 1;
-                    if back >= s.appliances {
-                        st.done.notify_one();
-                    }
+                    st.back.fetch_add(1, Ordering::Relaxed);
                 }
             } else if sh.storm.armed.load(Ordering::Relaxed) {
                 sh.storm.failed_attempts.fetch_add(1, Ordering::Relaxed);
@@ -819,9 +818,20 @@ pub async fn run(s: LoadSettings) -> anyhow::Result<LoadReport> {
             "outpost-loadgen: storm armed, {} appliances connected",
             s.appliances
         );
-        tokio::select! {
-            () = shared.storm.done.notified() => {}
-            () = tokio::time::sleep_until(end) => {}
+        // Done when every appliance that lost its connection has it back and nothing has
+        // changed for a while (appliances that never noticed the restart are not waited for).
+        const SETTLE: Duration = Duration::from_secs(5);
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let st = &shared.storm;
+            let (lost, back) = (
+                st.lost.load(Ordering::Relaxed),
+                st.back.load(Ordering::Relaxed),
+            );
+            let last = *st.last_back.lock().unwrap_or_else(PoisonError::into_inner);
+            if lost > 0 && back >= lost && last.is_some_and(|t| t.elapsed() >= SETTLE) {
+                break;
+            }
         }
         shared.stop.store(true, Ordering::SeqCst);
     }
@@ -898,6 +908,7 @@ pub async fn run(s: LoadSettings) -> anyhow::Result<LoadReport> {
             handshakes_per_sec: st.handshakes.load(Ordering::Relaxed) as f64
                 / from_back.max(f64::MIN_POSITIVE),
             failed_attempts: st.failed_attempts.load(Ordering::Relaxed),
+            never_lost: s.appliances.saturating_sub(lost),
         });
     }
     Ok(report)
@@ -979,7 +990,8 @@ impl LoadReport {
             let _ = writeln!(
                 o,
                 "storm: {} of {} lost connections back ({}); {:.2} s from the first refusal, \
-                 {:.2} s from the first appliance back = {:.0} handshakes/s; {} failed attempts",
+                 {:.2} s from the first appliance back = {:.0} handshakes/s; {} failed attempts; \
+                 {} never lost theirs",
                 st.back,
                 st.lost,
                 if st.complete {
@@ -990,7 +1002,8 @@ impl LoadReport {
                 st.secs_from_first_refusal,
                 st.secs_from_first_back,
                 st.handshakes_per_sec,
-                st.failed_attempts
+                st.failed_attempts,
+                st.never_lost
             );
         }
         o
