@@ -12,6 +12,9 @@ cargo build --release -p outpost-collector --example spool_bench
 # shellcheck disable=SC2086
 target/release/outpost-bench ${OUTPOST_BENCH_ARGS:-} --out bench/REPORT.md
 bench/footprint.sh "${OUTPOST_FOOTPRINT_SECS:-60}"
+# Staged updates (issue 5): writes bench/UPDATES.md; its sections go into REPORT.md too.
+bench/updates.sh
+{ echo; sed 's/^#/##/' bench/UPDATES.md; } >>bench/REPORT.md
 # Image build (issue 6) vs mmdebstrap + genimage: writes bench/IMAGE.md, appends it to REPORT.md.
 bench/image.sh
 # Scale (issue 7): outpost-loadgen against one gateway, a restart storm and a pool; writes
