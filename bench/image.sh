@@ -312,7 +312,7 @@ fi
     echo
     echo "Command lines:"
     echo
-    echo "- outpost: \`$O_IMAGE\` then \`$O_LAYOUT\` (epoch from the manifest; second cold build: \`--no-cache\`)"
+    echo "- outpost: \`$O_IMAGE\` then \`$O_LAYOUT\` (epoch from the manifest)$( [ -z "$QUICK" ] && echo '; second cold build: `--no-cache` instead of `--cache`')"
     echo "- peer: \`$P_MMDEBSTRAP\`, \`tar -x\`, overlay copied, ESP staged (systemd-boot, loader.conf, one entry per slot), \`$P_GENIMAGE\`"
 } >"$OUT"
 { echo; sed 's/^#/##/' "$OUT"; } >>"$REPORT"
