@@ -1,20 +1,26 @@
-//! Host inventory and metrics from sysinfo and `/sys/block`.
+//! Host inventory and metrics from sysinfo, `/sys/block` and `/proc`.
 //!
 //! [`HostSource`] keeps sysinfo's state between samples, so CPU use is measured over the
-//! time since the previous collection. Every vector is sorted, so that equal inventories
-//! serialize to equal bytes and hash equally.
+//! time since the previous collection. It asks sysinfo only for what the inventory and
+//! metrics use: CPU use, memory, file systems and NICs. The process count comes from
+//! listing `/proc` ([`count_processes`]) rather than from sysinfo's process table, which
+//! would read, keep and hold open every process's `stat` each interval to give one number.
+//! Every vector is sorted, so that equal inventories serialize to equal bytes and hash
+//! equally.
 
 use std::path::Path;
 
 use outpost_proto::host::{DiskInfo, FilesystemInfo, FilesystemUsage, NicCounters, NicInfo};
 use outpost_proto::{HostInventory, HostMetrics};
 use sysinfo::{
-    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, ProcessRefreshKind,
-    ProcessesToUpdate, RefreshKind, System,
+    CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, RefreshKind, System,
 };
 
 /// Where whole block devices are listed.
 pub const SYS_BLOCK: &str = "/sys/block";
+
+/// Where processes are listed, one directory per PID.
+pub const PROC: &str = "/proc";
 
 /// Block device name prefixes that are not disks (loop devices, RAM disks).
 const SKIPPED_BLOCK_PREFIXES: &[&str] = &["loop", "ram", "zram"];
@@ -56,11 +62,6 @@ impl HostSource {
     pub fn collect(&mut self) -> (HostInventory, HostMetrics) {
         self.system.refresh_cpu_usage();
         self.system.refresh_memory();
-        self.system.refresh_processes_specifics(
-            ProcessesToUpdate::All,
-            true,
-            ProcessRefreshKind::nothing().without_tasks(),
-        );
         self.disks
             .refresh_specifics(true, DiskRefreshKind::nothing().with_storage());
         self.networks.refresh(true);
@@ -157,7 +158,7 @@ impl HostSource {
             memory_used_bytes: self.system.used_memory(),
             memory_available_bytes: self.system.available_memory(),
             swap_used_bytes: self.system.used_swap(),
-            process_count: self.system.processes().len() as u64,
+            process_count: count_processes(Path::new(PROC)),
             filesystems: fs_usage,
             nics: counters,
         };
@@ -220,6 +221,22 @@ pub fn read_block_devices(sys_block: &Path) -> Vec<DiskInfo> {
         .collect();
     disks.sort_by(|a, b| a.name.cmp(&b.name));
     disks
+}
+
+/// Counts processes (not threads) as the PID directories in `proc_root` (normally
+/// `/proc`); 0 when it cannot be listed.
+#[must_use]
+pub fn count_processes(proc_root: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return 0;
+    };
+    let pids = entries.filter_map(Result::ok).filter(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            && e.file_type().is_ok_and(|t| t.is_dir())
+    });
+    pids.count() as u64
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
@@ -303,6 +320,18 @@ mod tests {
         assert_eq!(disks[2].kind, "hdd");
         assert_eq!(disks[2].size_bytes, 2048 * 512);
         assert!(read_block_devices(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn processes_are_the_pid_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["1", "42", "4242", "self", "sys", "1a"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("7"), "").unwrap();
+        std::fs::write(dir.path().join("uptime"), "").unwrap();
+        assert_eq!(count_processes(dir.path()), 3);
+        assert_eq!(count_processes(&dir.path().join("missing")), 0);
     }
 
     #[test]
