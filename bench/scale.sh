@@ -181,9 +181,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; el
 	echo
 	echo "Reconnect storm (SQLite gateway restarted with $N appliances connected, its store also holding the $((2 * N)) of the earlier stages):"
 	echo
-	echo "| lost | back | from first refusal | from first appliance back | handshakes/s | failed attempts | gateway RSS after |"
-	echo "|---:|---:|---:|---:|---:|---:|---:|"
-	echo "| $(j storm '.storm.lost') | $(j storm '.storm.back') | $(j storm '.storm.secs_from_first_refusal*100|round/100') s | $(j storm '.storm.secs_from_first_back*100|round/100') s | $(j storm '.storm.handshakes_per_sec|round') | $(j storm '.storm.failed_attempts') | $STORM_RSS KiB |"
+	echo "| lost | back | never lost | from first refusal | from first appliance back | handshakes/s | failed attempts | gateway RSS after |"
+	echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+	echo "| $(j storm '.storm.lost') | $(j storm '.storm.back') | $(j storm '.storm.never_lost') | $(j storm '.storm.secs_from_first_refusal*100|round/100') s | $(j storm '.storm.secs_from_first_back*100|round/100') s | $(j storm '.storm.handshakes_per_sec|round') | $(j storm '.storm.failed_attempts') | $STORM_RSS KiB |"
 	echo
 	if [ "$POOL" = ok ]; then
 		echo "| ratio (same run) | value |"
