@@ -12,6 +12,8 @@ cargo build --release -p outpost-collector --example spool_bench
 # shellcheck disable=SC2086
 target/release/outpost-bench ${OUTPOST_BENCH_ARGS:-} --out bench/REPORT.md
 bench/footprint.sh "${OUTPOST_FOOTPRINT_SECS:-60}"
+# Collector footprint (issue 4): writes bench/FOOTPRINT.md, appended to REPORT.md.
+{ echo; sed 's/^#/##/' bench/FOOTPRINT.md; } >>bench/REPORT.md
 # Staged updates (issue 5): writes bench/UPDATES.md; its sections go into REPORT.md too.
 bench/updates.sh
 { echo; sed 's/^#/##/' bench/UPDATES.md; } >>bench/REPORT.md
