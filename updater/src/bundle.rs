@@ -13,8 +13,8 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
+use aws_lc_rs::digest::{Context as Sha256, SHA256};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Name of the manifest entry, always the first in the archive.
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -467,7 +467,7 @@ impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
         Self {
             inner,
-            hasher: Sha256::new(),
+            hasher: Sha256::new(&SHA256),
             count: 0,
             write_failed: false,
         }
@@ -475,7 +475,7 @@ impl<W: Write> HashingWriter<W> {
 
     /// Bytes written and their lowercase hex sha256.
     pub fn finish(self) -> (u64, String) {
-        (self.count, hex::encode(self.hasher.finalize()))
+        (self.count, hex::encode(self.hasher.finish()))
     }
 }
 
