@@ -5,6 +5,7 @@ use anyhow::{ensure, Context, Result};
 use outpost_layout::tools::find_on_path;
 use sha2::{Digest, Sha256};
 use std::io::Read;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -57,7 +58,10 @@ fn have_tools(extra: &[&str]) -> bool {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|r| r.split_whitespace().nth(1));
     if euid != Some("0") {
-        eprintln!("SKIP: building an image needs root (file owners in the root file system)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: building an image needs root (file owners in the root file system)"
+        );
         return false;
     }
     for t in [
@@ -73,12 +77,18 @@ fn have_tools(extra: &[&str]) -> bool {
     .chain(extra)
     {
         if find_on_path(t).is_none() {
-            eprintln!("SKIP: {t} is not installed (make deps installs it)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP: {t} is not installed (make deps installs it)"
+            );
             return false;
         }
     }
     if !Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").is_file() {
-        eprintln!("SKIP: systemd-boot-efi is not installed (make deps installs it)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: systemd-boot-efi is not installed (make deps installs it)"
+        );
         return false;
     }
     true
@@ -676,7 +686,10 @@ fn boot_refuses_missing_firmware_and_non_loopback_forwards() -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     if find_on_path("qemu-system-x86_64").is_none() {
         ensure!(err.contains("qemu-system-x86"), "{err}");
-        eprintln!("SKIP: qemu-system-x86_64 is not installed (make deps installs it)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: qemu-system-x86_64 is not installed (make deps installs it)"
+        );
         return Ok(());
     }
     failed_naming(&out, 3, &["no-such-OVMF_CODE.fd", "ovmf"])?;
@@ -709,7 +722,10 @@ fn firmware_starts_systemd_boot_which_picks_slot_a() -> Result<()> {
         return Ok(());
     }
     if !Path::new(OVMF_CODE).is_file() || !Path::new(OVMF_VARS).is_file() {
-        eprintln!("SKIP: OVMF is not installed (make deps installs package ovmf)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: OVMF is not installed (make deps installs package ovmf)"
+        );
         return Ok(());
     }
     let fx = Fixture::new()?;

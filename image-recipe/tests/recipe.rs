@@ -1,6 +1,7 @@
 //! Recipe parsing and every bad-input error: each names the file, the key (with line) and the
 //! value, and fails before any long work.
 
+use std::io::Write as _;
 mod common;
 
 use std::path::Path;
@@ -330,7 +331,10 @@ fn cli_names_an_unknown_package_before_running_mmdebstrap() {
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
     };
     if !has("mmdebstrap") || !has("apt-cache") {
-        eprintln!("SKIP: mmdebstrap or apt-cache not installed (make deps installs mmdebstrap)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: mmdebstrap or apt-cache not installed (make deps installs mmdebstrap)"
+        );
         return;
     }
     let lists = std::fs::read_dir("/var/lib/apt/lists")
@@ -341,7 +345,8 @@ fn cli_names_an_unknown_package_before_running_mmdebstrap() {
         .unwrap_or(false);
     let codename = outpost_image::sources::host_codename(Path::new("/etc"));
     if !lists || codename.is_none() {
-        eprintln!(
+        let _ =
+            writeln!(std::io::stderr(),
             "SKIP: no apt package lists or no VERSION_CODENAME on this host (run apt-get update)"
         );
         return;

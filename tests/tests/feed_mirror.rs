@@ -5,6 +5,7 @@
 //! VM-side `curl`. Every bad input is refused with its own reason and the version mirrored
 //! before stays in place.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -228,7 +229,7 @@ async fn mirrors_a_channel_and_a_vm_verifies_it_with_curl() -> anyhow::Result<()
 
     // The local mirror for the VMs.
     if !have("curl") {
-        eprintln!("SKIP: mirrors_a_channel_and_a_vm_verifies_it_with_curl (curl part): curl is not installed (make deps installs it)");
+        let _ = writeln!(std::io::stderr(), "SKIP: mirrors_a_channel_and_a_vm_verifies_it_with_curl (curl part): curl is not installed (make deps installs it)");
         return Ok(());
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -506,7 +507,7 @@ async fn full_disk(wd: &Workdir, gw: &Gateway, feed_dir: &Path) -> anyhow::Resul
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("SKIP: bad_inputs_are_refused_and_the_mirrored_version_stays (full disk part): cannot mount a small tmpfs (needs root)");
+        let _ = writeln!(std::io::stderr(), "SKIP: bad_inputs_are_refused_and_the_mirrored_version_stays (full disk part): cannot mount a small tmpfs (needs root)");
         return Ok(());
     }
     let _m = Mount(mnt.clone());

@@ -1069,7 +1069,8 @@ units = ["outpost-e2e-absent.service"]
             1,
             "logged once, not every interval:\n{log}"
         );
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIP: systemd is not the running init here (/run/systemd/system is missing): \
              checked that the unit is Unknown with the reason logged once; real unit states \
              are checked only where systemd runs"

@@ -9,6 +9,7 @@
 //! happens. It prints `SKIP:` with the reason when libvirt's tools are missing, the test
 //! is not root, or the daemon or domain cannot be started here.
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -31,7 +32,7 @@ fn on_path(cmd: &str) -> bool {
 }
 
 fn skip(why: &str) {
-    eprintln!("SKIP: {why}");
+    let _ = writeln!(std::io::stderr(), "SKIP: {why}");
 }
 
 fn is_root() -> bool {

@@ -4,6 +4,7 @@
 //! mirrors, installs into a file-backed slot B and restarts (a recorded request) only inside the
 //! window; `simulate-reboot` plays systemd-boot and `boot-check` commits or rolls back.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -484,7 +485,10 @@ fn without_a_var_window_it_waits_for_an_explicit_restart_and_serves_the_vms() ->
             .map_err(|e| e.context(format!("updater log:\n{}", st.app.log_tail())))?;
         assert!(len > 0);
     } else {
-        eprintln!("SKIP: the VM-side curl part: curl is not installed (make deps installs it)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: the VM-side curl part: curl is not installed (make deps installs it)"
+        );
     }
 
     // The install window is the whole day here: the old fallback restarted within seconds.

@@ -2,6 +2,7 @@
 //! (`bundle::create`), the systemd-boot model as the reboot.
 
 use std::fs;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use outpost_updater::bootcount::{self, EntryTemplate};
@@ -131,7 +132,10 @@ fn a_source_that_fails_midway_leaves_the_entries_untouched() {
 fn a_full_disk_is_refused_with_enospc() {
     let full = Path::new("/dev/full");
     if !full.exists() {
-        eprintln!("SKIP: /dev/full is missing on this machine");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: /dev/full is missing on this machine"
+        );
         return;
     }
     let mut b = new_box();
@@ -249,7 +253,10 @@ fn a_write_into_a_blessed_slot_that_fails_midway_leaves_it_unbootable() {
 fn a_full_disk_while_rewriting_a_blessed_slot_leaves_it_unbootable() {
     let full = Path::new("/dev/full");
     if !full.exists() {
-        eprintln!("SKIP: /dev/full is missing on this machine");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: /dev/full is missing on this machine"
+        );
         return;
     }
     let mut b = box_with_b_committed();
