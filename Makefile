@@ -21,19 +21,24 @@ DEPS := openssl:openssl qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
 	/usr/lib/systemd/boot/efi/systemd-bootx64.efi:systemd-boot-efi genimage:genimage \
 	swupdate:swupdate cpio:cpio jq:jq collectd:collectd-core prometheus-node-exporter:prometheus-node-exporter virsh:libvirt-clients libvirtd:libvirt-daemon-system
 
+# Two rounds: installing one package can remove another (qemu-system-x86 from Debian's main
+# archive replaces a newer backported qemu-utils, taking qemu-img with it), so what is still
+# missing after the first round is installed again.
 deps:
-	@missing=""; for d in $(DEPS); do t=$${d%%:*}; p=$${d#*:}; \
-		if command -v "$$t" >/dev/null 2>&1 || [ -e "$$t" ]; then :; else missing="$$missing $$p"; fi; \
-	done; \
-	if [ -z "$$missing" ]; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Debian packages the tests need:$$missing"; \
-		(DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing || \
-		 (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing)) || \
-		echo "warning: could not install$$missing; the tests that need them print SKIP"; \
-	else \
-		echo "note: missing$$missing and cannot install here; the tests that need them print SKIP"; \
-	fi
+	@for round in 1 2; do \
+		missing=""; for d in $(DEPS); do t=$${d%%:*}; p=$${d#*:}; \
+			if command -v "$$t" >/dev/null 2>&1 || [ -e "$$t" ]; then :; else missing="$$missing $$p"; fi; \
+		done; \
+		if [ -z "$$missing" ]; then break; \
+		elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian packages the tests need:$$missing"; \
+			(DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing || \
+			 (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing)) || \
+			echo "warning: could not install$$missing; the tests that need them print SKIP"; \
+		else \
+			echo "note: missing$$missing and cannot install here; the tests that need them print SKIP"; break; \
+		fi; \
+	done
 
 # The end-to-end tests run the built binaries, so build them first.
 test: deps build

@@ -5,7 +5,7 @@
 
 use crate::error::LayoutError;
 use crate::guid::Guid;
-use crate::tools::{self, DEBUGFS, MCOPY, MKFS_EROFS, MKFS_EXT4, MKFS_VFAT};
+use crate::tools::{self, DEBUGFS, MCOPY, MKFS_EROFS, MKFS_EXT4, MKFS_VFAT, TUNE2FS};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -55,7 +55,7 @@ pub const MKE2FS_CONF: &str = "[defaults]
 
 [fs_types]
 \text4 = {
-\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,metadata_csum_seed,64bit,dir_nlink,extra_isize
 \t}
 ";
 
@@ -92,6 +92,35 @@ pub fn make_ext4(out: &Path, size: u64, spec: &Ext4Spec<'_>) -> Result<(), Layou
     let _ = std::fs::remove_file(&conf);
     made?;
     pin_ext4_times(out, spec)
+}
+
+/// Copies the ext4 image `first` to `out` and gives the copy its own `label` and `uuid` with
+/// `tune2fs` (cheap: the `metadata_csum_seed` feature keeps the checksums valid, so nothing
+/// else is rewritten). Every other byte, the hash seed included, stays the first's.
+///
+/// # Errors
+/// Copying fails, or tune2fs is missing or fails.
+pub fn relabel_ext4_copy(
+    first: &Path,
+    out: &Path,
+    label: &str,
+    uuid: Guid,
+    epoch: u64,
+) -> Result<(), LayoutError> {
+    crate::cache::copy_file_sparse(first, out)?;
+    let mut cmd = Command::new(TUNE2FS.name);
+    time_env(&mut cmd, epoch)
+        .arg("-L")
+        .arg(label)
+        .arg("-U")
+        .arg(uuid.to_string())
+        .arg(out);
+    tools::run(
+        TUNE2FS,
+        &mut cmd,
+        &format!("relabelling the ext4 copy {}", out.display()),
+    )
+    .map(|_| ())
 }
 
 /// Quotes a path for debugfs's command parser.
@@ -314,45 +343,4 @@ pub fn ext4_needed_bytes(data_bytes: u64, inodes: u64, size: u64) -> u64 {
 #[must_use]
 pub fn ext4_inode_count(entries: u64) -> u64 {
     entries + entries / 4 + 1024
-}
-
-const SPARSE_BLOCK: usize = 64 * 1024;
-static ZERO_BLOCK: [u8; SPARSE_BLOCK] = [0; SPARSE_BLOCK];
-
-/// Copies `src` into `dst` at `offset`, skipping all-zero 64 KiB blocks so the image stays sparse.
-///
-/// # Errors
-/// Reading or writing fails.
-pub fn copy_sparse(
-    src: &Path,
-    dst: &mut File,
-    dst_path: &Path,
-    offset: u64,
-) -> Result<(), LayoutError> {
-    let mut f = File::open(src).map_err(LayoutError::io("open", src))?;
-    let mut buf = vec![0u8; SPARSE_BLOCK];
-    let mut pos = offset;
-    loop {
-        let mut n = 0;
-        while n < buf.len() {
-            let r = f
-                .read(&mut buf[n..])
-                .map_err(LayoutError::io("read", src))?;
-            if r == 0 {
-                break;
-            }
-            n += r;
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        // A slice comparison is a memcmp, fast even in debug builds.
-        if buf[..n] != ZERO_BLOCK[..n] {
-            dst.seek(SeekFrom::Start(pos))
-                .map_err(LayoutError::io("seek", dst_path))?;
-            dst.write_all(&buf[..n])
-                .map_err(LayoutError::io("write", dst_path))?;
-        }
-        pos += n as u64;
-    }
 }

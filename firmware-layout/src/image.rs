@@ -2,6 +2,7 @@
 //! `qemu-img convert`, and `OUTDIR/layout.json`. Every output is written under a temporary name
 //! in a work directory inside OUTDIR, fsynced, and renamed into place only when all succeeded.
 
+use crate::cache::{self, sha256_of_tree, Cache, KeyBuilder};
 use crate::config::{Contents, FsKind, Layout};
 use crate::entries;
 use crate::error::LayoutError;
@@ -11,7 +12,9 @@ use crate::gpt;
 use crate::guid::{derive_volume_id, Guid};
 use crate::plan::{plan_layout, DiskPlan, PlannedPartition};
 use crate::rootfs::{self, KernelPair, RootfsTree};
-use crate::tools::{self, Tool, DEBUGFS, MCOPY, MKFS_EROFS, MKFS_EXT4, MKFS_VFAT, QEMU_IMG};
+use crate::tools::{
+    self, Tool, DEBUGFS, MCOPY, MKFS_EROFS, MKFS_EXT4, MKFS_VFAT, QEMU_IMG, TUNE2FS,
+};
 use serde::Serialize;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -95,6 +98,8 @@ pub struct BuildOptions {
     /// SOURCE_DATE_EPOCH for every time stamp; `None`: the `source_date_epoch` of the
     /// `manifest.json` next to `rootfs` (an error when there is none).
     pub epoch: Option<u64>,
+    /// Partition image cache directory ([`crate::cache`]); `None`: every file system is made.
+    pub cache: Option<PathBuf>,
 }
 
 /// `layout.json`: the built image described for tools and people.
@@ -174,12 +179,18 @@ fn fs_id(seed: &str, p: &PlannedPartition) -> Option<String> {
     }
 }
 
+/// The default partition cache directory ([`crate::cache::default_cache_dir`]).
+#[must_use]
+pub fn default_cache_dir() -> Option<PathBuf> {
+    cache::default_cache_dir()
+}
+
 /// Tools a layout needs, for the check before any long work.
 #[must_use]
 pub fn needed_tools(plan: &DiskPlan, formats: &[Format]) -> Vec<Tool> {
     let mut t = vec![MKFS_VFAT, MCOPY];
     if plan.partitions.iter().any(|p| p.fs == FsKind::Ext4) {
-        t.extend([MKFS_EXT4, DEBUGFS]);
+        t.extend([MKFS_EXT4, DEBUGFS, TUNE2FS]);
     }
     if plan.partitions.iter().any(|p| p.fs == FsKind::Erofs) {
         t.push(MKFS_EROFS);
@@ -232,6 +243,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildDescription, LayoutError> {
         .map_err(LayoutError::io("create a work directory in", &opts.out_dir))?;
     let seed = layout.seed().to_string();
     let ss = plan.sector_size;
+    let cache = opts.cache.as_deref().map(Cache::open).transpose()?;
+    let archive_sha = cache::sha256_of_file(&opts.rootfs)?;
 
     tracing::info!(rootfs = %opts.rootfs.display(), "stage 1/5: unpacking the root file system");
     let tree_dir = work.path().join("rootfs");
@@ -251,66 +264,133 @@ pub fn build(opts: &BuildOptions) -> Result<BuildDescription, LayoutError> {
     let entry_list = stage_esp(&esp_dir, &layout, &slots, &kernel, &sd_boot)?;
 
     tracing::info!("stage 3/5: making file systems");
+    let versions = tools::versions(&needed_tools(&plan, &opts.formats));
+    let epoch_text = epoch.to_string();
+    let base_key = KeyBuilder::new("partition")
+        .with("tools", &versions)
+        .with("seed", &seed)
+        .with("epoch", &epoch_text)
+        .with("sector-size", ss.to_string());
+    let esp_sha = sha256_of_tree(&esp_dir)?;
     let mut parts = Vec::new();
+    // Where each partition's file system image is (None: no file system), and the cache
+    // files that are still being synced to disk.
+    let mut sources: Vec<Option<PathBuf>> = Vec::new();
+    let mut syncing = Vec::new();
     for (i, p) in plan.partitions.iter().enumerate() {
         let file = work.path().join(format!("p{}.img", p.number));
         let size = p.size_bytes(ss);
         let key = format!("partition[{i}].size");
-        let made = match (p.contents, p.fs) {
-            (_, FsKind::None) => false,
-            (Contents::Esp, FsKind::Vfat) => {
-                let needed = dir_bytes(&esp_dir)? + (2 << 20);
-                if needed > size {
-                    return Err(too_small(
-                        &opts.layout,
-                        key,
-                        "the ESP (kernels, initrds, systemd-boot)",
-                        needed,
-                        size,
-                    ));
-                }
-                let id = derive_volume_id(&seed, &format!("vfat:{}", p.label));
-                fsbuild::make_vfat(&file, size, &p.label, id, &esp_dir, epoch)?;
-                true
-            }
-            (Contents::Empty, FsKind::Vfat) => {
-                let empty = work.path().join(format!("empty{}", p.number));
-                std::fs::create_dir(&empty).map_err(LayoutError::io("create", &empty))?;
-                let id = derive_volume_id(&seed, &format!("vfat:{}", p.label));
-                fsbuild::make_vfat(&file, size, &p.label, id, &empty, epoch)?;
-                true
-            }
-            (contents, FsKind::Ext4) => {
-                let rootfs = contents == Contents::Rootfs;
-                let spec = Ext4Spec {
-                    label: &p.label,
-                    uuid: Guid::derive(&seed, &format!("fs:{}", p.label)),
-                    hash_seed: Guid::derive(&seed, &format!("hash-seed:{}", p.label)),
-                    source: rootfs.then_some(tree.dir.as_path()),
-                    mtimes: rootfs.then_some(&tree.mtimes),
-                    inodes: rootfs.then(|| fsbuild::ext4_inode_count(tree.inodes)),
-                    epoch,
-                };
-                tracing::info!(partition = %p.label, "mkfs.ext4");
-                fsbuild::make_ext4(&file, size, &spec)?;
-                true
-            }
-            (Contents::Rootfs, FsKind::Erofs) => {
-                let uuid = Guid::derive(&seed, &format!("fs:{}", p.label));
-                let len = fsbuild::make_erofs(&file, &p.label, uuid, &tree.dir, epoch)?;
-                if len > size {
-                    return Err(too_small(
-                        &opts.layout,
-                        key,
-                        "the erofs root file system",
-                        len,
-                        size,
-                    ));
-                }
-                true
-            }
-            (c, f) => unreachable!("plan_layout rejects {c:?} on {f:?}"),
+        let content_key = match p.contents {
+            Contents::Esp => format!("esp {esp_sha}"),
+            Contents::Rootfs => format!("rootfs {archive_sha}"),
+            Contents::Empty => "empty".to_string(),
         };
+        let part_key = base_key
+            .clone()
+            .with("partition", serde_json::to_vec(p).expect("plan serializes"))
+            .with("contents", &content_key)
+            .finish();
+        let cached = cache.as_ref().and_then(|c| c.part(&p.label, &part_key));
+        if let Some(hit) = cached {
+            tracing::info!(partition = %p.label, "cached");
+            sources.push(Some(hit));
+        } else {
+            let made = match (p.contents, p.fs) {
+                (_, FsKind::None) => false,
+                (Contents::Esp, FsKind::Vfat) => {
+                    let needed = dir_bytes(&esp_dir)? + (2 << 20);
+                    if needed > size {
+                        return Err(too_small(
+                            &opts.layout,
+                            key,
+                            "the ESP (kernels, initrds, systemd-boot)",
+                            needed,
+                            size,
+                        ));
+                    }
+                    let id = derive_volume_id(&seed, &format!("vfat:{}", p.label));
+                    tracing::info!(partition = %p.label, "mkfs.vfat + mcopy");
+                    fsbuild::make_vfat(&file, size, &p.label, id, &esp_dir, epoch)?;
+                    true
+                }
+                (Contents::Empty, FsKind::Vfat) => {
+                    let empty = work.path().join(format!("empty{}", p.number));
+                    std::fs::create_dir(&empty).map_err(LayoutError::io("create", &empty))?;
+                    let id = derive_volume_id(&seed, &format!("vfat:{}", p.label));
+                    fsbuild::make_vfat(&file, size, &p.label, id, &empty, epoch)?;
+                    true
+                }
+                (contents, FsKind::Ext4) => {
+                    let uuid = Guid::derive(&seed, &format!("fs:{}", p.label));
+                    // A second slot with the same contents and size is the first one's file
+                    // system with its own label and UUID (same bytes otherwise, so the same
+                    // hash seed): a copy instead of a second mkfs.
+                    let twin = (contents == Contents::Rootfs)
+                        .then(|| {
+                            plan.partitions[..i].iter().position(|q| {
+                                q.contents == Contents::Rootfs
+                                    && q.fs == FsKind::Ext4
+                                    && q.size_bytes(ss) == size
+                            })
+                        })
+                        .flatten()
+                        .and_then(|j| sources[j].clone());
+                    if let Some(first) = twin {
+                        tracing::info!(partition = %p.label, "copy of the first slot, relabelled");
+                        fsbuild::relabel_ext4_copy(&first, &file, &p.label, uuid, epoch)?;
+                    } else {
+                        let rootfs = contents == Contents::Rootfs;
+                        let hash_seed = if rootfs {
+                            Guid::derive(&seed, "hash-seed:rootfs")
+                        } else {
+                            Guid::derive(&seed, &format!("hash-seed:{}", p.label))
+                        };
+                        let spec = Ext4Spec {
+                            label: &p.label,
+                            uuid,
+                            hash_seed,
+                            source: rootfs.then_some(tree.dir.as_path()),
+                            mtimes: rootfs.then_some(&tree.mtimes),
+                            inodes: rootfs.then(|| fsbuild::ext4_inode_count(tree.inodes)),
+                            epoch,
+                        };
+                        tracing::info!(partition = %p.label, "mkfs.ext4 -d + debugfs");
+                        fsbuild::make_ext4(&file, size, &spec)?;
+                    }
+                    true
+                }
+                (Contents::Rootfs, FsKind::Erofs) => {
+                    let uuid = Guid::derive(&seed, &format!("fs:{}", p.label));
+                    let len = fsbuild::make_erofs(&file, &p.label, uuid, &tree.dir, epoch)?;
+                    if len > size {
+                        return Err(too_small(
+                            &opts.layout,
+                            key,
+                            "the erofs root file system",
+                            len,
+                            size,
+                        ));
+                    }
+                    true
+                }
+                (c, f) => unreachable!("plan_layout rejects {c:?} on {f:?}"),
+            };
+            sources.push(match (made, &cache) {
+                (false, _) => None,
+                (true, None) => Some(file),
+                (true, Some(c)) => {
+                    let stored = c.store_part(&p.label, &part_key, &file)?;
+                    let to_sync = stored.clone();
+                    syncing.push(std::thread::spawn(move || {
+                        File::open(&to_sync)
+                            .and_then(|f| f.sync_all())
+                            .map_err(LayoutError::io("sync", &to_sync))
+                    }));
+                    Some(stored)
+                }
+            });
+        }
         parts.push(PartitionDescription {
             plan: p.clone(),
             offset: p.offset_bytes(ss),
@@ -318,9 +398,6 @@ pub fn build(opts: &BuildOptions) -> Result<BuildDescription, LayoutError> {
             fs_id: fs_id(&seed, p),
             slot: p.slot().map(String::from),
         });
-        if made {
-            tracing::debug!(file = %file.display(), "made");
-        }
     }
 
     tracing::info!("stage 4/5: assembling the raw image");
@@ -330,14 +407,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildDescription, LayoutError> {
         f.set_len(plan.total_sectors * ss)
             .map_err(LayoutError::io("size", &raw_tmp))?;
         gpt::write_gpt(&mut f, &plan).map_err(LayoutError::io("write the GPT to", &raw_tmp))?;
-        for p in &plan.partitions {
-            let file = work.path().join(format!("p{}.img", p.number));
-            if file.exists() {
-                fsbuild::copy_sparse(&file, &mut f, &raw_tmp, p.offset_bytes(ss))?;
-                std::fs::remove_file(&file).map_err(LayoutError::io("remove", &file))?;
+        for (p, src) in plan.partitions.iter().zip(&sources) {
+            if let Some(src) = src {
+                cache::copy_into(src, &mut f, &raw_tmp, p.offset_bytes(ss))?;
             }
         }
         f.sync_all().map_err(LayoutError::io("sync", &raw_tmp))?;
+    }
+    for t in syncing {
+        t.join().expect("sync thread does not panic")?;
     }
 
     tracing::info!("stage 5/5: converting formats");

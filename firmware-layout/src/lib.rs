@@ -23,6 +23,7 @@
 //! vhdx and vmdk identifiers that qemu-img generates at random are overwritten afterwards
 //! ([`formats`]), which depends on the layout qemu-img 7.2 writes.
 
+pub mod cache;
 pub mod config;
 pub mod entries;
 pub mod error;

@@ -29,6 +29,12 @@ pub const DEBUGFS: Tool = Tool {
     package: "e2fsprogs",
     purpose: "pin ext4 inode times",
 };
+/// `tune2fs`, to give the second root slot its own label and UUID.
+pub const TUNE2FS: Tool = Tool {
+    name: "tune2fs",
+    package: "e2fsprogs",
+    purpose: "relabel the copy of the first root slot",
+};
 /// `mkfs.vfat`.
 pub const MKFS_VFAT: Tool = Tool {
     name: "mkfs.vfat",
@@ -77,6 +83,42 @@ pub const QEMU_SYSTEM: Tool = Tool {
     package: "qemu-system-x86",
     purpose: "boot the image",
 };
+
+/// What identifies the installed `tools`, one line each, for cache keys (the same bytes need
+/// the same tools): the sha256 of the executable and the first line its version flag prints
+/// (e2fsprogs' shared library version shows there).
+#[must_use]
+pub fn versions(tools: &[Tool]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut out = String::new();
+    for t in tools {
+        let binary = find_on_path(t.name)
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| hex::encode(Sha256::digest(b)))
+            .unwrap_or_else(|| "missing".into());
+        let flag = if t.name == QEMU_IMG.name {
+            "--version"
+        } else {
+            "-V"
+        };
+        let version = Command::new(t.name)
+            .arg(flag)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map(|o| {
+                let mut all = String::from_utf8_lossy(&o.stdout).into_owned();
+                all.push_str(&String::from_utf8_lossy(&o.stderr));
+                all.lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        out.push_str(&format!("{} {binary} {version}\n", t.name));
+    }
+    out
+}
 
 /// Finds an executable named `name` on PATH.
 #[must_use]

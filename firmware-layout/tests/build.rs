@@ -97,6 +97,11 @@ fn have_tools(extra: &[&str]) -> bool {
 /// A small root file system: a kernel and initrd pair, an older kernel, a symlink, an owned
 /// directory, a file newer than the epoch (its mtime must be clamped).
 fn write_rootfs(path: &Path) -> Result<()> {
+    write_rootfs_with(path, b"x")
+}
+
+/// [`write_rootfs`] with another content of `var/lib/app/state` (an "overlay" change).
+fn write_rootfs_with(path: &Path, state: &[u8]) -> Result<()> {
     let file = std::fs::File::create(path)?;
     let enc = zstd::stream::write::Encoder::new(file, 3)?.auto_finish();
     let mut b = tar::Builder::new(enc);
@@ -184,7 +189,15 @@ fn write_rootfs(path: &Path) -> Result<()> {
         b"from the future\n",
         None,
     )?;
-    add("var/lib/app/state", reg, 0o640, 1000, EPOCH - 5, b"x", None)?;
+    add(
+        "var/lib/app/state",
+        reg,
+        0o640,
+        1000,
+        EPOCH - 5,
+        state,
+        None,
+    )?;
     add(
         "usr/bin/sh",
         tar::EntryType::Symlink,
@@ -235,7 +248,9 @@ impl Fixture {
             .arg(self.path(rootfs))
             .arg("--out")
             .arg(self.path(out))
-            .env("OUTPOST_LOG", "warn");
+            .env("OUTPOST_LOG", "warn")
+            // The default partition cache goes under the fixture, not the user's home.
+            .env("XDG_CACHE_HOME", self.path("cache-home"));
         c
     }
 }
@@ -296,10 +311,35 @@ fn two_builds_are_bit_identical_in_every_format() -> Result<()> {
         return Ok(());
     }
     let fx = Fixture::new()?;
-    ok(fx.build("layout.toml", "one", &["--format", "qcow2,vhdx,vmdk"])?)?;
+    ok(fx.build(
+        "layout.toml",
+        "one",
+        &["--format", "qcow2,vhdx,vmdk", "--no-cache"],
+    )?)?;
     // A second build, later, from a separately unpacked tree: nothing may leak from the clock.
+    // It fills a cache, and a third build takes every file system from that cache: all three
+    // are the same bytes.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    ok(fx.build("layout.toml", "two", &["--format", "qcow2,vhdx,vmdk"])?)?;
+    let cache = fx.path("cache").to_string_lossy().into_owned();
+    ok(fx.build(
+        "layout.toml",
+        "two",
+        &["--format", "qcow2,vhdx,vmdk", "--cache", &cache],
+    )?)?;
+    let three = fx
+        .build_cmd("layout.toml", "rootfs.tar.zst", "three")
+        .env("OUTPOST_LOG", "info")
+        .args(["--format", "qcow2,vhdx,vmdk", "--cache", &cache])
+        .output()?;
+    let log = String::from_utf8_lossy(&three.stderr).into_owned();
+    ok(three)?;
+    for label in ["esp", "root-a", "root-b", "data"] {
+        ensure!(
+            log.lines()
+                .any(|l| l.contains("cached") && l.contains(&format!("partition={label}"))),
+            "the third build did not take {label} from the cache:\n{log}"
+        );
+    }
     for f in [
         "small.raw",
         "small.qcow2",
@@ -307,11 +347,14 @@ fn two_builds_are_bit_identical_in_every_format() -> Result<()> {
         "small.vmdk",
         "layout.json",
     ] {
-        let (a, b) = (
-            sha256(&fx.path(&format!("one/{f}")))?,
-            sha256(&fx.path(&format!("two/{f}")))?,
-        );
-        ensure!(a == b, "{f} differs between two builds: {a} vs {b}");
+        let a = sha256(&fx.path(&format!("one/{f}")))?;
+        for other in ["two", "three"] {
+            let b = sha256(&fx.path(&format!("{other}/{f}")))?;
+            ensure!(
+                a == b,
+                "{f} differs between builds one and {other}: {a} vs {b}"
+            );
+        }
     }
     // The converted images still hold the same disk (the pinned vhdx/vmdk identifiers too).
     for fmt in ["qcow2", "vhdx", "vmdk"] {
@@ -336,15 +379,94 @@ fn two_builds_are_bit_identical_in_every_format() -> Result<()> {
         m.blocks()
     );
     // A different epoch gives a different image (the epoch really is in the bytes).
+    // With the cache of the same layout and archive too: the epoch is part of every key.
     let out = fx
-        .build_cmd("layout.toml", "rootfs.tar.zst", "three")
+        .build_cmd("layout.toml", "rootfs.tar.zst", "four")
         .env("SOURCE_DATE_EPOCH", (EPOCH + 86_400).to_string())
+        .args(["--cache", &cache])
         .output()?;
     ok(out)?;
     ensure!(
-        sha256(&fx.path("three/small.raw"))? != sha256(&fx.path("one/small.raw"))?,
+        sha256(&fx.path("four/small.raw"))? != sha256(&fx.path("one/small.raw"))?,
         "SOURCE_DATE_EPOCH had no effect"
     );
+    Ok(())
+}
+
+#[test]
+fn changed_root_rebuilds_only_the_root_slots_and_matches_a_build_without_cache() -> Result<()> {
+    if !have_tools(&[]) {
+        return Ok(());
+    }
+    let fx = Fixture::new()?;
+    let cache = fx.path("cache").to_string_lossy().into_owned();
+    ok(fx.build("layout.toml", "first", &["--cache", &cache])?)?;
+    // One file of the root file system changes (as an overlay file would).
+    write_rootfs_with(&fx.path("rootfs2.tar.zst"), b"changed")?;
+    let cached = fx
+        .build_cmd("layout.toml", "rootfs2.tar.zst", "cached")
+        .arg("--source-date-epoch")
+        .arg(EPOCH.to_string())
+        .args(["--cache", &cache])
+        .env("OUTPOST_LOG", "info")
+        .output()?;
+    let log = String::from_utf8_lossy(&cached.stderr).into_owned();
+    ok(cached)?;
+    let took = |label: &str| {
+        log.lines()
+            .any(|l| l.contains("cached") && l.contains(&format!("partition={label}")))
+    };
+    ensure!(
+        took("esp") && took("data"),
+        "the ESP and data partitions did not come from the cache:\n{log}"
+    );
+    ensure!(
+        !took("root-a") && !took("root-b"),
+        "a root slot came from the cache although the archive changed:\n{log}"
+    );
+    ensure!(
+        log.contains("copy of the first slot"),
+        "root-b was not made as a copy of root-a:\n{log}"
+    );
+    let fresh = fx
+        .build_cmd("layout.toml", "rootfs2.tar.zst", "fresh")
+        .arg("--source-date-epoch")
+        .arg(EPOCH.to_string())
+        .arg("--no-cache")
+        .output()?;
+    ok(fresh)?;
+    let (a, b) = (
+        sha256(&fx.path("cached/small.raw"))?,
+        sha256(&fx.path("fresh/small.raw"))?,
+    );
+    ensure!(
+        a == b,
+        "a cached rebuild differs from a fresh one: {a} vs {b}"
+    );
+    ensure!(
+        a != sha256(&fx.path("first/small.raw"))?,
+        "the changed file did not change the image"
+    );
+    // The cache keeps one generation per partition.
+    for label in ["root-a", "root-b"] {
+        let n = std::fs::read_dir(fx.path(&format!("cache/parts/{label}")))?.count();
+        ensure!(n == 1, "{label}: {n} cache entries, expected 1");
+    }
+    // Both slots are valid file systems with their own label and UUID.
+    let desc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.path("fresh/layout.json"))?)?;
+    for (n, label) in [(2usize, "root-a"), (3, "root-b")] {
+        let part = fx.path(&format!("{label}.img"));
+        extract_partition(&fx.path("fresh/small.raw"), &desc, n, &part)?;
+        ok(Command::new("e2fsck").arg("-fn").arg(&part).output()?)?;
+        let info = Command::new("dumpe2fs").arg("-h").arg(&part).output()?;
+        let text = String::from_utf8_lossy(&info.stdout).into_owned();
+        let uuid = desc["partitions"][n - 1]["fs_id"].as_str().unwrap_or("?");
+        ensure!(
+            text.contains(&format!("Filesystem volume name:   {label}")) && text.contains(uuid),
+            "{label} has not its own label and UUID {uuid}:\n{text}"
+        );
+    }
     Ok(())
 }
 

@@ -24,6 +24,14 @@ pub struct BuildArgs {
     /// `source_date_epoch` of the manifest.json next to --rootfs.
     #[arg(long, env = "SOURCE_DATE_EPOCH")]
     source_date_epoch: Option<u64>,
+    /// Partition image cache: a file system whose inputs (layout, root archive, epoch, tool
+    /// versions) did not change is copied from here instead of made again. Default:
+    /// $XDG_CACHE_HOME/outpost-layout (or ~/.cache/outpost-layout).
+    #[arg(long, conflicts_with = "no_cache")]
+    cache: Option<PathBuf>,
+    /// Make every file system; read and write no cache (the output is the same bytes).
+    #[arg(long)]
+    no_cache: bool,
     /// Print layout.json to standard output when done.
     #[arg(long)]
     json: bool,
@@ -37,6 +45,11 @@ pub fn run(a: BuildArgs) -> Result<ExitCode, LayoutError> {
         out_dir: a.out.clone(),
         formats: Format::parse_list(&a.format)?,
         epoch: a.source_date_epoch,
+        cache: if a.no_cache {
+            None
+        } else {
+            a.cache.or_else(image::default_cache_dir)
+        },
     };
     let desc = image::build(&opts)?;
     if a.json {
