@@ -198,20 +198,18 @@ impl Cache {
         p.is_file().then_some(p)
     }
 
-    /// Stores a partition image under `key`, replacing older ones of the same label. `file` is
-    /// moved when it is on the cache's file system, else copied.
+    /// Stores a copy of a partition image under `key` (synced, then renamed), replacing older
+    /// ones of the same label.
     ///
     /// # Errors
-    /// Copying fails.
+    /// Copying fails (nothing is left under the key then).
     pub fn store_part(&self, label: &str, key: &str, file: &Path) -> Result<PathBuf, LayoutError> {
         let parent = self.dir.join("parts").join(label);
         create_private_dir(&parent)?;
         let tmp = parent.join(format!(".tmp-{}", unique_suffix()));
-        if std::fs::rename(file, &tmp).is_err() {
-            if let Err(e) = copy_file_sparse(file, &tmp) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
+        if let Err(e) = copy_file_sparse(file, &tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
         let dst = self.part_path(label, key);
         std::fs::rename(&tmp, &dst).map_err(LayoutError::io("store in cache", &dst))?;

@@ -6,7 +6,6 @@
 use crate::error::LayoutError;
 use crate::guid::Guid;
 use crate::tools::{self, DEBUGFS, MCOPY, MKFS_EROFS, MKFS_EXT4, MKFS_VFAT, TUNE2FS};
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -23,8 +22,6 @@ pub struct Ext4Spec<'a> {
     pub hash_seed: Guid,
     /// Source tree (`None`: empty file system).
     pub source: Option<&'a Path>,
-    /// Per-path mtimes (relative paths); paths not listed get `epoch`.
-    pub mtimes: Option<&'a BTreeMap<PathBuf, u64>>,
     /// Inode count to reserve (`None`: mkfs's default ratio).
     pub inodes: Option<u64>,
     /// SOURCE_DATE_EPOCH.
@@ -94,31 +91,36 @@ pub fn make_ext4(out: &Path, size: u64, spec: &Ext4Spec<'_>) -> Result<(), Layou
     pin_ext4_times(out, spec)
 }
 
-/// Copies the ext4 image `first` to `out` and gives the copy its own `label` and `uuid` with
-/// `tune2fs` (cheap: the `metadata_csum_seed` feature keeps the checksums valid, so nothing
-/// else is rewritten). Every other byte, the hash seed included, stays the first's.
+/// Gives the ext4 file system at byte `offset` of `image` (a copy of another slot's) its own
+/// `label` and `uuid` with `tune2fs`, in place. Cheap: the `metadata_csum_seed` feature keeps
+/// every checksum valid, so only the superblock changes; every other byte, the hash seed
+/// included, stays the copied file system's.
 ///
 /// # Errors
-/// Copying fails, or tune2fs is missing or fails.
-pub fn relabel_ext4_copy(
-    first: &Path,
-    out: &Path,
+/// tune2fs is missing or fails.
+pub fn relabel_ext4_at(
+    image: &Path,
+    offset: u64,
     label: &str,
     uuid: Guid,
     epoch: u64,
 ) -> Result<(), LayoutError> {
-    crate::cache::copy_file_sparse(first, out)?;
+    let mut target = image.as_os_str().to_owned();
+    target.push(format!("?offset={offset}"));
     let mut cmd = Command::new(TUNE2FS.name);
     time_env(&mut cmd, epoch)
         .arg("-L")
         .arg(label)
         .arg("-U")
         .arg(uuid.to_string())
-        .arg(out);
+        .arg(&target);
     tools::run(
         TUNE2FS,
         &mut cmd,
-        &format!("relabelling the ext4 copy {}", out.display()),
+        &format!(
+            "giving the copied slot at byte {offset} of {} its label and UUID",
+            image.display()
+        ),
     )
     .map(|_| ())
 }
@@ -157,8 +159,12 @@ fn walk(root: &Path) -> Result<Vec<PathBuf>, LayoutError> {
     Ok(out)
 }
 
-/// Sets atime, ctime and crtime to the epoch and mtime to the recorded (clamped) value on every
-/// inode, through `debugfs -w` with one command file.
+/// Pins the inode times mkfs.ext4 does not take from [`Ext4Spec::epoch`] or the source tree,
+/// through `debugfs -w` with one command file: every inode's ctime (which mkfs copies from the
+/// source tree, where it is the unpacking time) and atime (which reading a file may have moved),
+/// and all times of the root directory and lost+found (which mkfs makes itself). mtime comes
+/// from the tree, where [`crate::rootfs::unpack_rootfs`] set it (clamped); crtime is mkfs's
+/// `E2FSPROGS_FAKE_TIME`, the epoch.
 fn pin_ext4_times(image: &Path, spec: &Ext4Spec<'_>) -> Result<(), LayoutError> {
     let mut paths = match spec.source {
         Some(src) => walk(src)?,
@@ -171,18 +177,20 @@ fn pin_ext4_times(image: &Path, spec: &Ext4Spec<'_>) -> Result<(), LayoutError> 
             path: spec.source.unwrap_or(Path::new("")).join(rel),
             message: "file names with '\"' or line breaks are not supported".into(),
         })?;
-        let mtime = spec
-            .mtimes
-            .and_then(|m| m.get(rel))
-            .copied()
-            .unwrap_or(spec.epoch)
-            .min(spec.epoch);
-        for (field, value) in [
-            ("atime", spec.epoch),
-            ("ctime", spec.epoch),
-            ("crtime", spec.epoch),
-            ("mtime", mtime),
-        ] {
+        let made_by_mkfs = rel.as_os_str().is_empty() || rel == Path::new("lost+found");
+        let fields: &[(&str, u64)] = if made_by_mkfs {
+            &[
+                ("atime", spec.epoch),
+                ("ctime", spec.epoch),
+                ("crtime", spec.epoch),
+                ("mtime", spec.epoch),
+            ]
+        } else {
+            // atime too: reading a file after unpacking (the ESP's kernel copy, mkfs itself)
+            // moves it, as the file's ctime is newer.
+            &[("atime", spec.epoch), ("ctime", spec.epoch)]
+        };
+        for (field, value) in fields {
             script.push_str(&format!(
                 "sif {q} {field} @{value}\nsif {q} {field}_extra 0\n"
             ));

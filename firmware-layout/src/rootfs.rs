@@ -51,7 +51,8 @@ pub fn epoch_of_manifest_beside(archive: &Path) -> Result<u64, LayoutError> {
         .ok_or_else(|| bad("has no integer `source_date_epoch`".into()))
 }
 
-/// An unpacked root file system.
+/// An unpacked root file system; every entry's atime is the epoch and its mtime the archive's,
+/// clamped to the epoch.
 #[derive(Debug)]
 pub struct RootfsTree {
     /// Directory it was unpacked into.
@@ -118,6 +119,14 @@ pub fn unpack_rootfs(archive: &Path, dir: &Path, epoch: u64) -> Result<RootfsTre
             ))
         })?;
         mtimes.insert(rel, mtime);
+    }
+    // Times last: unpacking a child changes its directory's mtime. atime is the epoch and mtime
+    // the clamped one; mkfs.ext4 -d copies both (ctime it cannot be given: see fsbuild).
+    let at = filetime::FileTime::from_unix_time(i64::try_from(epoch).unwrap_or(i64::MAX), 0);
+    for (rel, mtime) in &mtimes {
+        let p = dir.join(rel);
+        let m = filetime::FileTime::from_unix_time(i64::try_from(*mtime).unwrap_or(i64::MAX), 0);
+        filetime::set_symlink_file_times(&p, at, m).map_err(LayoutError::io("set times on", &p))?;
     }
     Ok(RootfsTree {
         dir: dir.to_path_buf(),
