@@ -47,12 +47,19 @@ done
 
 if [ "$PROFILE" = release ]; then PFLAG=--release; else PFLAG=; fi
 if [ "$ONLY" != peer ]; then
-    cargo build $PFLAG -p outpost-image -p outpost-layout -p outpost-collector -p outpost-gateway --bins
+    cargo build $PFLAG -p outpost-image -p outpost-layout -p outpost-collector -p outpost-updater -p outpost-gateway --bins
 fi
 BIN=$PWD/target/$PROFILE
 
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/outpost-bench-image.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+# The peer unpacks its tree and makes its file systems in a tmpfs when there is one, as
+# outpost-layout does (creating ~15,000 files on this machine's disk file system costs
+# seconds of system time), so neither side gains from where it works.
+PSCRATCH=$WORK/p-scratch
+if [ -d /dev/shm ] && [ "$(df -Pk /dev/shm | awk 'NR==2 { print $4 }')" -gt $((4 * 1024 * 1024)) ]; then
+    PSCRATCH=$(mktemp -d /dev/shm/outpost-bench-peer.XXXXXX)
+fi
+trap 'rm -rf "$WORK" "$PSCRATCH"' EXIT
 log "work directory $WORK"
 
 # Seconds (float) a command takes; its output goes to $WORK/last.log (tail shown on failure).
@@ -81,7 +88,7 @@ fi
 
 # ---------------------------------------------------------------- outpost-image + outpost-layout
 O_IMAGE="target/$PROFILE/outpost-image build $APP/recipe.toml --out OUT/rootfs --cache CACHE"
-O_LAYOUT="target/$PROFILE/outpost-layout build $APP/layout.toml --rootfs OUT/rootfs/rootfs.tar.zst --out OUT --format raw,qcow2"
+O_LAYOUT="target/$PROFILE/outpost-layout build $APP/layout.toml --rootfs OUT/rootfs/rootfs.tar.zst --out OUT --format raw,qcow2 --cache CACHE/layout"
 outpost_env() {
     # The appliance's gateway trust and token: a throw-away gateway directory (the images are
     # not booted here; the bytes only have to be the same in every build).
@@ -96,12 +103,12 @@ outpost_env() {
 # outpost_build OUT CACHE|--no-cache: both steps, as `make image` runs them.
 outpost_build() {
     local out=$1 cache=$2
-    local cache_args=(--cache "$cache")
-    [ "$cache" = --no-cache ] && cache_args=(--no-cache)
+    local cache_args=(--cache "$cache") layout_cache=(--cache "$cache/layout")
+    [ "$cache" = --no-cache ] && cache_args=(--no-cache) layout_cache=(--no-cache)
     rm -rf "$out"
     "$BIN/outpost-image" build "$WORK/app/recipe.toml" --out "$out/rootfs" "${cache_args[@]}" &&
         "$BIN/outpost-layout" build "$WORK/app/layout.toml" --rootfs "$out/rootfs/rootfs.tar.zst" \
-            --out "$out" --format raw,qcow2
+            --out "$out" --format raw,qcow2 "${layout_cache[@]}"
 }
 
 # ---------------------------------------------------------------- mmdebstrap + genimage (peer)
@@ -189,7 +196,14 @@ peer_build() {
     )
     SOURCE_DATE_EPOCH=$EPOCH mmdebstrap --mode=root --variant=apt --include="$PACKAGES" \
         --format=tar "${hooks[@]}" "$SUITE" "$out/rootfs.tar" "${host_sources[@]}"
-    mkdir -p "$out/rootfs" "$out/esp/EFI/BOOT" "$out/esp/loader/entries" "$out/empty" "$out/tmp"
+    local s=$PSCRATCH/build
+    rm -rf "$s"
+    mkdir -p "$s/rootfs" "$s/esp/EFI/BOOT" "$s/esp/loader/entries" "$s/empty" "$s/tmp" "$s/img"
+    ln -sfn "$s/rootfs" "$out/rootfs"
+    ln -sfn "$s/esp" "$out/esp"
+    ln -sfn "$s/empty" "$out/empty"
+    ln -sfn "$s/tmp" "$out/tmp"
+    ln -sfn "$s/img" "$out/img"
     tar -C "$out/rootfs" --numeric-owner -xpf "$out/rootfs.tar"
     rm -f "$out/rootfs.tar"
     cp -a "$WORK/app/overlay/." "$out/rootfs/"
@@ -221,9 +235,9 @@ peer_build() {
     write_genimage_cfg "$out/genimage.cfg"
     (cd "$out" && genimage --config genimage.cfg --rootpath empty --tmppath tmp \
         --inputpath . --outputpath img)
-    mv "$out/img/peer-appliance.raw" "$out/peer-appliance.raw"
+    cp --sparse=always "$out/img/peer-appliance.raw" "$out/peer-appliance.raw"
     qemu-img convert -q -m 1 -O qcow2 -o compat=1.1 "$out/peer-appliance.raw" "$out/peer-appliance.qcow2"
-    rm -rf "$out/rootfs" "$out/esp" "$out/img" "$out/tmp"
+    rm -rf "$out/rootfs" "$out/esp" "$out/img" "$out/tmp" "$out/empty" "$s"
 }
 
 declare -A T SZ SHA
