@@ -154,7 +154,29 @@ fn updater_values(recipe: &Recipe) -> Vec<(&'static str, String)> {
         ("updater_collector_within", toml_string(&u.collector_within)),
         ("updater_health_services", services),
         ("updater_health_timeout", toml_string(&u.health_timeout)),
+        (
+            "updater_boot_check_timeout",
+            format!(
+                "{}s",
+                duration_secs(&u.health_timeout) + BOOT_CHECK_MARGIN_SECS
+            ),
+        ),
     ]
+}
+
+/// What `outpost-boot-check.service` may take beyond the health check's own timeout: the
+/// report to the gateway (15 s per gateway) and reading the ESP.
+const BOOT_CHECK_MARGIN_SECS: u64 = 300;
+
+/// Seconds of a validated recipe duration (`30s`, `15m`, `2h`); 0 if it is not one.
+fn duration_secs(s: &str) -> u64 {
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n.parse().unwrap_or(0);
+    match unit {
+        "h" => n * 3600,
+        "m" => n * 60,
+        _ => n,
+    }
 }
 
 /// Applies the whole customise stage with the embedded assets.

@@ -136,6 +136,8 @@ fn updater_is_installed_with_its_config_units_and_links() {
         "Before=boot-complete.target\n",
         "After=network-online.target outpost-collector.service\n",
         "RequiresMountsFor=/var/lib/outpost /boot/efi\n",
+        // health_timeout = "3m", plus 5 minutes for the report.
+        "TimeoutStartSec=480s\n",
         "RequiredBy=boot-complete.target\n",
         "WantedBy=multi-user.target\n",
     ] {
@@ -207,6 +209,11 @@ fn updater_defaults_render_a_config_the_updater_accepts() {
     let toml = text(&tree, "etc/outpost/updater.toml");
     assert!(toml.contains("# box_tz: not set"), "{toml}");
     assert!(toml.contains("# listen: not set"), "{toml}");
+    assert!(
+        text(&tree, "etc/systemd/system/outpost-boot-check.service")
+            .contains("TimeoutStartSec=420s\n"),
+        "default health_timeout 2m plus 5 minutes"
+    );
     assert!(tree.nodes.contains_key(
         "etc/systemd/system/boot-complete.target.requires/outpost-boot-check.service"
     ));
