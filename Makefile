@@ -73,7 +73,7 @@ IMAGE_GATEWAY = $(abspath $(IMAGE_OUT))/gateway
 IMAGE_EPOCH = $(shell sed -n 's/^source_date_epoch *= *\([0-9]*\).*/\1/p' examples/appliance/recipe.toml)
 .PHONY: image test-e2e
 image:
-	$(CARGO) build -p outpost-collector -p outpost-gateway -p outpost-image -p outpost-layout
+	$(CARGO) build -p outpost-collector -p outpost-gateway -p outpost-image -p outpost-layout -p outpost-updater
 	$(TARGET_DIR)/debug/outpost-layout plan examples/appliance/layout.toml --check-tools --format raw,qcow2
 	@if [ -z "$$OUTPOST_CA_CERT" ] && [ ! -f "$(IMAGE_GATEWAY)/bootstrap-token" ]; then \
 		echo "making a demo gateway in $(IMAGE_GATEWAY)"; \

@@ -9,7 +9,12 @@
 #   2. a reconnect storm: N more appliances connected, the gateway restarted (SIGTERM, then
 #      serve again on the same address); time until every appliance is back, handshakes/s;
 #   3. a pool of two gateways (127.0.0.2, 127.0.0.3) on one PostgreSQL database (a throwaway
-#      database on $OUTPOST_TEST_POSTGRES, dropped afterwards) under the same load as 1.
+#      database on $OUTPOST_TEST_POSTGRES, dropped afterwards) under the same load as 1;
+#   4. optional, large (OUTPOST_SCALE_LARGE=N, e.g. 18000): a fresh gateway on SQLite with N
+#      appliances every interval for OUTPOST_SCALE_LARGE_SECS (120), the load generator split
+#      over OUTPOST_SCALE_LARGE_WORKERS processes (2) and OUTPOST_SCALE_LARGE_SOURCES source
+#      addresses (4: 127.0.0.2…): the largest fleet one gateway process holds under this
+#      machine's open-file limit. Adds several minutes (enrolment runs at a few hundred/s).
 #
 # Writes bench/SCALE.md (or $OUT) with the figures and the command lines; bench/run.sh adds
 # it to bench/REPORT.md. Sizes: OUTPOST_SCALE_APPLIANCES (2000), OUTPOST_SCALE_SECS (120),
@@ -22,6 +27,10 @@ log() { printf '[bench/scale] %s\n' "$*" >&2; }
 OUT=${OUT:-bench/SCALE.md}
 N=${OUTPOST_SCALE_APPLIANCES:-2000}
 SECS=${OUTPOST_SCALE_SECS:-120}
+LARGE=${OUTPOST_SCALE_LARGE:-0}
+LARGE_SECS=${OUTPOST_SCALE_LARGE_SECS:-120}
+LARGE_WORKERS=${OUTPOST_SCALE_LARGE_WORKERS:-2}
+LARGE_SOURCES=${OUTPOST_SCALE_LARGE_SOURCES:-4}
 INTERVAL=${OUTPOST_SCALE_INTERVAL:-30s}
 PG=${OUTPOST_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
 PROFILE=${PROFILE:-release}
@@ -157,6 +166,20 @@ else
 	log "SKIP: PostgreSQL at ${PG%%@*}@… is unreachable"
 fi
 
+# 4. Optional: the largest fleet this machine lets one gateway hold.
+if [ "$LARGE" -gt 0 ]; then
+	mkdir -p "$WORK/large"
+	"$GW" init --dir "$WORK/large" --san 127.0.0.1 --san localhost >/dev/null
+	token "$WORK/large" "$LARGE" >"$WORK/large/token"
+	serve "$WORK/large" 127.0.0.1:0
+	LA_PID=$SERVE_PID
+	run_lg large --gateway "$SERVE_ADDR" --ca "$WORK/large/ca.pem" --token-file "$WORK/large/token" \
+		--appliances "$LARGE" --interval "$INTERVAL" --duration "${LARGE_SECS}s" --enrol-concurrency 64 \
+		--workers "$LARGE_WORKERS" --sources "$LARGE_SOURCES" --gateway-pid "$LA_PID"
+	LARGE_NOFILE=$(awk '/Max open files/ {print $4 " soft / " $5 " hard"}' "/proc/$LA_PID/limits")
+	stop "$LA_PID"
+fi
+
 # The report.
 j() { jq -r "$2" "$WORK/$1.json"; }
 row() { # NAME: one table row of a steady-state run
@@ -178,6 +201,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; el
 	row sqlite
 	row saturated
 	[ "$POOL" = ok ] && row pool
+	[ "$LARGE" -gt 0 ] && row large
 	echo
 	echo "Reconnect storm (SQLite gateway restarted with $N appliances connected, its store also holding the $((2 * N)) of the earlier stages):"
 	echo
@@ -194,6 +218,18 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; el
 		echo
 	else
 		echo "SKIP: pool on PostgreSQL: ${PG%%@*}@… unreachable."
+		echo
+	fi
+	if [ "$LARGE" -gt 0 ]; then
+		echo "Large stage: $LARGE appliances from $(j large '.workers') load-generator processes and source addresses $(j large '.sources|join(", ")'); the gateway's open files: $LARGE_NOFILE."
+		echo
+		echo "| ratio (same run) | value |"
+		echo "|---|---:|"
+		echo "| gateway CPU per batch, large / sqlite stage | $(ratio "$(j large '([.gateway_usage[].cpu_secs]|add) / (.batches_acked|if .==0 then 1 else . end)')" "$(j sqlite '([.gateway_usage[].cpu_secs]|add) / (.batches_acked|if .==0 then 1 else . end)')") |"
+		echo "| gateway KiB per connection, large / sqlite stage | $(ratio "$(j large '.gateway_kib_per_connection')" "$(j sqlite '.gateway_kib_per_connection')") |"
+		echo "| gateway CPU ms per batch, large stage | $(j large '(([.gateway_usage[].cpu_secs]|add) / (.batches_acked|if .==0 then 1 else . end) * 1000 * 100 | round) / 100') |"
+		echo "| extrapolated: cores for 50,000 appliances every $INTERVAL at that cost | $(j large "(([.gateway_usage[].cpu_secs]|add) / (.batches_acked|if .==0 then 1 else . end)) * 50000 / $(echo "$INTERVAL" | tr -dc 0-9) * 100 | round / 100") |"
+		echo "| extrapolated: gateway memory for 50,000 connections at that KiB each, MiB | $(j large '.gateway_kib_per_connection * 50000 / 1024 | round') |"
 		echo
 	fi
 	echo "Command lines (\$WORK is a temporary directory; the gateways were made with \`outpost-gateway init\` and an"

@@ -2,7 +2,9 @@
 //!
 //! Every route but enrolment and health is bound to the appliance behind the verified client
 //! certificate ([`Appliance`] extractor): no certificate → 401; a certificate the store does
-//! not know, or whose appliance is pending or revoked → 403, before the body is read.
+//! not know, or whose appliance is pending or revoked → 403, before the body is read. An
+//! approved owner may come from the [`CertCache`], which honours a revocation within
+//! [`crate::cert_cache::REVOCATION_BOUND`] (see there).
 //! Bodies are read with a cap; every refusal is a JSON [`ErrorBody`] naming what was wrong.
 
 use std::io::Read;
@@ -25,10 +27,13 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::ca::{self, Ca};
+use crate::cert_cache::CertCache;
 use crate::config::GatewayConfig;
 use crate::error::{CsrError, StoreError};
+use crate::last_seen::LastSeen;
 use crate::store::{now_ms, IngestOutcome, NewCert, Store};
 use crate::tls::PeerCert;
+use crate::wakeups::Wakeups;
 
 /// Cap on enrolment and command-result bodies.
 pub const SMALL_BODY_BYTES: usize = 64 * 1024;
@@ -50,8 +55,12 @@ pub struct AppState {
     pub ca: Arc<Ca>,
     /// Resolved config.
     pub cfg: Arc<GatewayConfig>,
-    /// Bumped whenever the command queue changes.
-    pub commands_changed: watch::Receiver<u64>,
+    /// Long-polls waiting, woken per appliance when it has queued commands.
+    pub wakeups: Arc<Wakeups>,
+    /// Long-polls' `last_seen`, written in bulk.
+    pub last_seen: Arc<LastSeen>,
+    /// Approved certificates' owners, verified against revocations.
+    pub cert_cache: Arc<CertCache>,
     /// Flips to true when the gateway shuts down (ends long-polls early).
     pub shutdown: watch::Receiver<bool>,
     /// One permit per ingest request being handled (`max_ingest_in_flight`).
@@ -185,7 +194,17 @@ impl FromRequestParts<AppState> for Appliance {
             ));
         };
         let fp = ca::fingerprint(&der);
+        if let Some(id) = state.cert_cache.get(&fp, std::time::Instant::now()) {
+            return Ok(Self { id });
+        }
+        let generation = state.cert_cache.generation();
         let owner = state.store.cert_owner(&fp).await?;
+        if let Some(o) = owner
+            .as_ref()
+            .filter(|o| o.state == ApplianceState::Approved)
+        {
+            state.cert_cache.insert(&fp, &o.appliance_id, generation);
+        }
         match owner {
             None => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -682,12 +701,15 @@ async fn commands(
             ))
         }
     };
-    st.store.touch(&who.id, now_ms()).await?;
+    st.last_seen.note(&who.id, now_ms());
     let deadline = tokio::time::Instant::now() + wait;
-    let mut changed = st.commands_changed.clone();
+    let waiter = st.wakeups.wait_for(&who.id);
     let mut shutdown = st.shutdown.clone();
     loop {
-        changed.borrow_and_update();
+        // Enabled before the store is asked, so a wake-up in between is not lost.
+        let woken = waiter.notify().notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let rows = st
             .store
             .take_agent_commands(&who.id, agent, now_ms(), REDELIVER_AFTER)
@@ -705,7 +727,7 @@ async fn commands(
             return Ok(Json(CommandList { commands }));
         }
         tokio::select! {
-            _ = changed.changed() => {}
+            () = &mut woken => {}
             _ = shutdown.changed() => {}
             () = tokio::time::sleep_until(deadline) => {}
         }

@@ -155,6 +155,18 @@ pub enum StoreError {
         /// What was asked.
         op: &'static str,
     },
+    /// The group commit that held a batch failed: nothing of the group was stored, and
+    /// no batch of it was acknowledged.
+    #[error("store group commit of {batches} batch(es) failed, none stored: {reason}")]
+    GroupCommit {
+        /// Batches in the group.
+        batches: usize,
+        /// The commit's error.
+        reason: String,
+    },
+    /// The ingest writer has stopped (the store is closing): the batch was not stored.
+    #[error("the store's ingest writer has stopped; batch not stored")]
+    WriterStopped,
 }
 
 /// Failures of `serve`.

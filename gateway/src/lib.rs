@@ -18,23 +18,31 @@
 //!   certificates verified against the CA).
 //! * [`server`]: accept loop; the TLS handshake is done here so the verified peer
 //!   certificate can be attached to each request; graceful drain on shutdown.
-//! * [`api`]: the routes; every mTLS route checks the certificate against the store.
-//! * [`store`]: SQLite or PostgreSQL through one schema; exactly-once ingest.
+//! * [`api`]: the routes; every mTLS route checks the certificate against the store, or
+//!   against [`cert_cache`], which a revocation empties within a bound.
+//! * [`wakeups`], [`last_seen`]: a queued command wakes only its appliance's long-poll;
+//!   long-polls' contacts are written in bulk.
+//! * [`store`]: SQLite or PostgreSQL through one schema; exactly-once ingest, with group
+//!   commit on SQLite.
 //! * [`feed`]: the vendor's update feed, served read-only (Range requests).
 //!
 //! # Current limitations
 //!
-//! Certificate renewal (`POST /v1/renew`) arrives with its issue. The certificate check is
-//! a store lookup per request (no cache yet).
+//! Certificate renewal (`POST /v1/renew`) arrives with its issue. One process holds at most
+//! as many connections as its open-file limit allows (`serve` raises the soft limit to the
+//! hard one); `docs/scale.md` has the measured bounds.
 
 pub mod api;
 pub mod ca;
+pub mod cert_cache;
 pub mod config;
 pub mod error;
 pub mod feed;
+pub mod last_seen;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod wakeups;
 
 use std::path::Path;
 use std::time::SystemTime;

@@ -4,6 +4,17 @@
 //! requests in flight before the store is closed, so no acknowledged batch is lost.
 //! At most `max_handshakes_in_flight` handshakes run at once (a reconnect storm waits its
 //! turn within the handshake timeout); the ingest limit is in `api` (`IngestSlot`).
+//!
+//! Open files: `serve` raises its soft `RLIMIT_NOFILE` to the hard limit (one descriptor per
+//! connection) and logs both. When it runs out of descriptors anyway, it does not spin on
+//! `accept` failing with `EMFILE`: it keeps one descriptor in reserve, gives it up to
+//! accept the waiting connection and close it at once (the client sees the connection
+//! closed and retries with its backoff), takes the reserve back, and logs how many it
+//! refused so, at most every few seconds.
+//!
+//! Background tasks: the command watcher (the queue and revocation marks, twice a second:
+//! wakes the long-polls of appliances with queued commands, verifies the certificate cache)
+//! and the `last_seen` flusher.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,10 +32,13 @@ use tracing::{debug, info, warn};
 
 use crate::api::{self, AppState};
 use crate::ca::Ca;
+use crate::cert_cache::CertCache;
 use crate::config::GatewayConfig;
 use crate::error::ServeError;
+use crate::last_seen::{LastSeen, LAST_SEEN_FLUSH};
 use crate::store::Store;
 use crate::tls::{self, PeerCert};
+use crate::wakeups::Wakeups;
 
 /// Time allowed for a TLS handshake before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +67,12 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let (before, now) = raise_open_file_limit();
+    info!(
+        soft_before = before,
+        soft = now,
+        "open-file limit {now} (a connection takes one): at most about that many appliances connected"
+    );
     let tls_cfg = tls::server_config(&cfg)?;
     let acceptor = TlsAcceptor::from(tls_cfg);
     let addr = opts.listen.unwrap_or(cfg.listen);
@@ -79,26 +99,45 @@ pub async fn serve(
     );
     let handshakes = Arc::new(Semaphore::new(cfg_limits.1));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (cmd_tx, cmd_rx) = watch::channel(0u64);
-    let watcher = tokio::spawn(watch_commands(store.clone(), cmd_tx, stop_rx.clone()));
+    let wakeups = Arc::new(Wakeups::default());
+    let cert_cache = Arc::new(CertCache::default());
+    let last_seen = Arc::new(LastSeen::default());
+    let watcher = tokio::spawn(watch_store(
+        store.clone(),
+        Arc::clone(&wakeups),
+        Arc::clone(&cert_cache),
+        stop_rx.clone(),
+    ));
+    let flusher = tokio::spawn(flush_last_seen(
+        store.clone(),
+        Arc::clone(&last_seen),
+        stop_rx.clone(),
+    ));
     let state = AppState {
         store: store.clone(),
         ca: Arc::new(ca),
         cfg: Arc::new(cfg),
-        commands_changed: cmd_rx,
+        wakeups,
+        last_seen: Arc::clone(&last_seen),
+        cert_cache,
         shutdown: stop_rx,
         ingest_permits: Arc::new(Semaphore::new(cfg_limits.0)),
     };
     let app = api::router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shedding = FdShedding::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
             () = &mut shutdown => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
+                Err(e) if is_out_of_files(&e) => {
+                    shedding.refuse_one(&listener).await;
+                    continue;
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
+                    // Anything else (a connection reset before accept): pause, do not spin.
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -157,22 +196,44 @@ pub async fn serve(
         warn!("drain timed out after {DRAIN_TIMEOUT:?}; closing remaining connections");
     }
     watcher.abort();
+    let _ = flusher.await;
+    match last_seen.flush(&store).await {
+        Ok(n) if n > 0 => debug!(appliances = n, "last_seen written on shutdown"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not write last_seen on shutdown"),
+    }
     store.close().await;
     info!("stopped");
     Ok(())
 }
 
-/// Polls the store for newly queued commands and wakes long-polls when there are some.
-/// Polling the store (not an in-process channel) is what makes commands queued by the CLI,
-/// or by another gateway of a pool, reach the appliance wherever it is connected.
-async fn watch_commands(store: Store, tx: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
+/// Polls the store for newly queued commands and for revocations, twice a second.
+/// Polling the store (not an in-process channel) is what makes commands queued and
+/// appliances revoked by the CLI, or by another gateway of a pool, reach this gateway.
+/// A changed queue wakes the long-polls of the appliances that have queued commands
+/// (only theirs); the revocation mark verifies or empties the certificate cache.
+async fn watch_store(
+    store: Store,
+    wakeups: Arc<Wakeups>,
+    cert_cache: Arc<CertCache>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut last = (0, 0);
     loop {
+        let started = std::time::Instant::now();
+        match store.revocation_mark().await {
+            Ok(mark) => cert_cache.observe(mark, started),
+            Err(e) => warn!(error = %e, "revocation poll failed; certificate cache unverified"),
+        }
         match store.command_queue_mark().await {
-            Ok(mark) if mark != last => {
-                last = mark;
-                tx.send_modify(|n| *n += 1);
-            }
+            Ok(mark) if mark != last => match store.appliances_with_queued_commands().await {
+                Ok(ids) => {
+                    last = mark;
+                    let woken = wakeups.wake(ids.iter().map(String::as_str));
+                    debug!(queued_for = ids.len(), woken, "command queue changed");
+                }
+                Err(e) => warn!(error = %e, "command queue poll failed"),
+            },
             Ok(_) => {}
             Err(e) => warn!(error = %e, "command queue poll failed"),
         }
@@ -181,4 +242,92 @@ async fn watch_commands(store: Store, tx: watch::Sender<u64>, mut stop: watch::R
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Writes the long-polls' `last_seen` every [`LAST_SEEN_FLUSH`] until shutdown.
+async fn flush_last_seen(store: Store, last_seen: Arc<LastSeen>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(LAST_SEEN_FLUSH) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = last_seen.flush(&store).await {
+            warn!(error = %e, "could not write last_seen; retrying at the next flush");
+        }
+    }
+}
+
+fn is_out_of_files(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
+            || code == rustix::io::Errno::NFILE.raw_os_error()
+    )
+}
+
+/// How often "out of open files" is logged at most.
+const SHED_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Refusing connections cleanly when out of file descriptors (see the module docs).
+struct FdShedding {
+    reserve: Option<std::fs::File>,
+    refused: u64,
+    logged_at: Option<tokio::time::Instant>,
+}
+
+impl FdShedding {
+    fn new() -> Self {
+        Self {
+            reserve: std::fs::File::open("/dev/null").ok(),
+            refused: 0,
+            logged_at: None,
+        }
+    }
+
+    /// `accept` failed with EMFILE/ENFILE: accept one waiting connection with the
+    /// reserved descriptor and close it, or pause when there is no reserve.
+    async fn refuse_one(&mut self, listener: &TcpListener) {
+        let had_reserve = self.reserve.take().is_some();
+        if had_reserve {
+            // Bounded: the connection is waiting (that is why accept was woken).
+            if let Ok(Ok((tcp, _))) =
+                tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+            {
+                drop(tcp);
+                self.refused += 1;
+            }
+            self.reserve = std::fs::File::open("/dev/null").ok();
+        }
+        let now = tokio::time::Instant::now();
+        if self
+            .logged_at
+            .is_none_or(|t| now.duration_since(t) >= SHED_LOG_EVERY)
+        {
+            warn!(
+                refused = self.refused,
+                "out of open files: refusing new connections (closed at once) until some end"
+            );
+            self.logged_at = Some(now);
+        }
+        if !had_reserve || self.reserve.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (a connection is a descriptor) and
+/// returns `(soft before, soft now)`.
+#[must_use]
+pub fn raise_open_file_limit() -> (u64, u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    let before = l.current.unwrap_or(u64::MAX);
+    if l.current != l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    (before, now)
 }

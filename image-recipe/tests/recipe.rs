@@ -38,6 +38,17 @@ fn example_recipe_parses() {
         r.base.mirror.is_none() && r.base.sources.is_none(),
         "the example must use the host's sources"
     );
+    let o = r.outpost.as_ref().expect("the example installs the agents");
+    assert!(
+        o.updater_bin
+            .as_ref()
+            .is_some_and(|p| p.ends_with("outpost-updater")),
+        "the example installs the update agent: {:?}",
+        o.updater_bin
+    );
+    for unit in ["outpost-boot-check.service", "outpost-updater.service"] {
+        assert!(r.services.enable.iter().any(|u| u == unit), "{unit}");
+    }
     let text = std::fs::read_to_string(&path).expect("read");
     assert!(!text.contains("://"), "no mirror host in the example");
 }

@@ -22,16 +22,26 @@
 //!   refused request starts the clock, which stops when every appliance that lost its
 //!   connection has it back. The gateway restart itself is done from outside.
 //!
+//! * Source addresses: appliance `i` binds its connections to `sources[i % len]` before it
+//!   connects (a loopback source address has about 28,000 ephemeral ports), so a fleet can
+//!   outgrow one address.
+//! * Workers ([`run_workers`]): the fleet split over K processes of `outpost-loadgen`
+//!   (each holds its appliances' descriptors, so the fleet can outgrow one process's
+//!   open-file limit). The parent hands each worker its share as a [`WorkerSpec`] on
+//!   stdin, moves them through the phases together (enrolled → connected → running), so
+//!   the gateway's memory per connection and CPU per batch are measured as with one
+//!   process, and adds their reports up (latency percentiles over all samples).
+//!
 //! Time and randomness come from the settings (`seed`), every loop ends at the deadline.
 //!
 //! # Current limitations
 //!
-//! One process, so the simulated fleet is bounded by this process's file descriptors and
-//! the loopback ports of one source address (about 28,000 per gateway address).
+//! Storm mode runs in one process only. Enrolment connections come from the default source
+//! address (they are short-lived).
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -42,11 +52,11 @@ use outpost_proto::{
     paths, AgentMetrics, Envelope, HostInventory, HostMetrics, IngestAck, IngestBatch, Record,
 };
 use rustls::ClientConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::client::{http_client, tls_config, ApplianceClient, TLS13_ONLY};
+use crate::client::{tls_config, ApplianceClient, REQUEST_TIMEOUT, TLS13_ONLY};
 use crate::faults::SeededRng as Jitter;
 use crate::measure::{proc_usage, Latency, ProcUsage};
 
@@ -83,6 +93,12 @@ pub struct LoadSettings {
     pub seed: u64,
     /// Inventory and metrics every batch is made from.
     pub payload: Payload,
+    /// Local addresses the appliances' connections are bound to (round robin); empty: the
+    /// system's choice.
+    pub sources: Vec<IpAddr>,
+    /// Index of the first appliance (a worker's share starts here; 0 otherwise): picks the
+    /// gateway, the source address and the random stream of each appliance.
+    pub first_index: usize,
 }
 
 /// The content of simulated batches.
@@ -133,7 +149,7 @@ impl Payload {
 }
 
 /// Latency summary, ms.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LatencySummary {
     /// Median.
     pub p50_ms: f64,
@@ -154,7 +170,7 @@ impl LatencySummary {
 }
 
 /// One gateway process over the run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GatewayUsage {
     /// Its pid.
     pub pid: u32,
@@ -175,7 +191,7 @@ pub struct GatewayUsage {
 }
 
 /// The storm's figures.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StormReport {
     /// Whether every appliance that lost its connection got it back in time.
     pub complete: bool,
@@ -198,12 +214,16 @@ pub struct StormReport {
 }
 
 /// What a run measured.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LoadReport {
     /// Simulated appliances.
     pub appliances: usize,
     /// Gateways.
     pub gateways: Vec<String>,
+    /// Source addresses of the appliances' connections (empty: the system's choice).
+    pub sources: Vec<String>,
+    /// Processes that simulated the fleet (1 without workers).
+    pub workers: usize,
     /// Where the payload came from.
     pub payload: String,
     /// Compressed size of a batch with inventory / without, bytes.
@@ -247,6 +267,9 @@ pub struct LoadReport {
     pub gateway_kib_per_connection: Option<f64>,
     /// Storm mode only.
     pub storm: Option<StormReport>,
+    /// A worker's latency samples, ms, for the parent to merge (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_samples_ms: Vec<f64>,
 }
 
 /// Counters shared by every simulated appliance.
@@ -308,6 +331,7 @@ pub fn backoff_delay(attempt: u32, base: Duration, max: Duration, j: &mut Jitter
 struct Sim {
     id: String,
     base: String,
+    source: Option<IpAddr>,
     tls: ClientConfig,
     client: reqwest::Client,
     inventory: HostInventory,
@@ -517,7 +541,7 @@ impl Sim {
 
     /// A fresh client (so a fresh TLS handshake) proven by `GET /v1/config`.
     async fn reconnect(&mut self, sh: &Shared) -> bool {
-        let client = match http_client(self.tls.clone()) {
+        let client = match sim_client(self.tls.clone(), self.source) {
             Ok(c) => c,
             Err(e) => {
                 sh.error(format!("client: {e}"));
@@ -651,6 +675,18 @@ async fn drive(mut sim: Sim, sh: Arc<Shared>, s: Arc<LoadSettings>, end: Instant
     }
 }
 
+/// The HTTP client of one appliance: its TLS identity, bound to `source` when given.
+fn sim_client(tls: ClientConfig, source: Option<IpAddr>) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(10))
+        .local_address(source)
+        .build()
+        .context("failed to build the HTTP client")
+}
+
 /// Enrols one appliance through the real routes; returns it ready to connect.
 async fn enrol(idx: usize, s: &LoadSettings, seed: u64) -> anyhow::Result<Sim> {
     let addr = s.gateways[idx % s.gateways.len()];
@@ -665,12 +701,14 @@ async fn enrol(idx: usize, s: &LoadSettings, seed: u64) -> anyhow::Result<Sim> {
         .to_string();
     let key = c.key().serialize_pem();
     let tls = tls_config(&s.ca_pem, Some((&cert, &key)), TLS13_ONLY)?;
-    let client = http_client(tls.clone())?;
+    let source = (!s.sources.is_empty()).then(|| s.sources[idx % s.sources.len()]);
+    let client = sim_client(tls.clone(), source)?;
     let mut inventory = s.payload.inventory.clone();
     inventory.hostname.clone_from(&id);
     Ok(Sim {
         id,
         base: format!("https://{addr}"),
+        source,
         tls,
         client,
         inventory,
@@ -698,13 +736,50 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// The points of a run where a worker waits for its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Every appliance is enrolled; none is connected yet.
+    Enrolled,
+    /// Every appliance holds its connection; the run has not started.
+    Connected,
+}
+
+/// What a run does at each [`Phase`]: nothing alone, wait for the parent in a worker.
+pub trait Phases {
+    /// Called when the run reaches `phase`; the run goes on when it returns.
+    fn reached(&mut self, phase: Phase) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Whether the report keeps every latency sample (for a parent to merge).
+    fn keeps_samples(&self) -> bool {
+        false
+    }
+}
+
+/// A run on its own: the phases pass at once.
+#[derive(Debug, Default)]
+pub struct NoPhases;
+
+impl Phases for NoPhases {
+    async fn reached(&mut self, _phase: Phase) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
 /// Enrols the appliances, connects them, runs them for `duration` (or through the storm)
 /// and reports.
 ///
 /// # Errors
 /// When an enrolment or a first connection fails: the figures would mean nothing.
-#[allow(clippy::too_many_lines, clippy::cast_precision_loss)]
 pub async fn run(s: LoadSettings) -> anyhow::Result<LoadReport> {
+    run_phased(s, &mut NoPhases).await
+}
+
+/// [`run`], stopping at each [`Phase`] for `phases` (a worker waits for its parent there).
+///
+/// # Errors
+/// As [`run`], and when `phases` fails.
+#[allow(clippy::too_many_lines, clippy::cast_precision_loss)]
+pub async fn run_phased<P: Phases>(s: LoadSettings, phases: &mut P) -> anyhow::Result<LoadReport> {
     anyhow::ensure!(!s.gateways.is_empty(), "no gateway to load");
     anyhow::ensure!(s.appliances > 0, "no appliances to simulate");
     raise_fd_limit();
@@ -712,6 +787,8 @@ pub async fn run(s: LoadSettings) -> anyhow::Result<LoadReport> {
     let mut report = LoadReport {
         appliances: s.appliances,
         gateways: s.gateways.iter().map(ToString::to_string).collect(),
+        sources: s.sources.iter().map(ToString::to_string).collect(),
+        workers: 1,
         payload: s.payload.source.to_string(),
         ..LoadReport::default()
     };
@@ -752,7 +829,7 @@ pub async fn run(s: LoadSettings) -> anyhow::Result<LoadReport> {
     let started = Instant::now();
     let sem = Arc::new(Semaphore::new(s.enrol_concurrency.max(1)));
     let mut tasks = Vec::with_capacity(s.appliances);
-    for idx in 0..s.appliances {
+    for idx in s.first_index..s.first_index + s.appliances {
         let (sem, s) = (sem.clone(), s.clone());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire_owned().await?;
@@ -766,6 +843,7 @@ pub async fn run(s: LoadSettings) -> anyhow::Result<LoadReport> {
     report.enrol_secs = started.elapsed().as_secs_f64();
     report.enrol_per_sec = s.appliances as f64 / report.enrol_secs.max(f64::MIN_POSITIVE);
     let u_enrolled = usage_of(&s.gateway_pids);
+    phases.reached(Phase::Enrolled).await?;
 
     // First connections: every appliance opens its mTLS connection (GET /v1/config).
     let started = Instant::now();
@@ -797,6 +875,7 @@ pub async fn run(s: LoadSettings) -> anyhow::Result<LoadReport> {
     report.connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let u_connected = usage_of(&s.gateway_pids);
+    phases.reached(Phase::Connected).await?;
 
     // The run.
     let shared = Arc::new(Shared::default());
@@ -861,32 +940,15 @@ pub async fn run(s: LoadSettings) -> anyhow::Result<LoadReport> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner),
     );
+    if phases.keeps_samples() {
+        report.latency_samples_ms.clone_from(&lat.samples);
+    }
     report.ingest_latency = LatencySummary::of(lat);
-    for (i, pid) in s.gateway_pids.iter().enumerate() {
-        let (a, e, c, z) = (u_start[i], u_enrolled[i], u_connected[i], u_end[i]);
-        report.gateway_usage.push(GatewayUsage {
-            pid: *pid,
-            rss_start_kib: a.rss_kib,
-            rss_connected_kib: c.rss_kib,
-            rss_end_kib: z.rss_kib,
-            rss_peak_kib: z.hwm_kib,
-            cpu_secs: z.cpu_secs - c.cpu_secs,
-            cpu_percent_of_one_core: (z.cpu_secs - c.cpu_secs) / report.run_secs * 100.0,
-            enrol_cpu_secs: e.cpu_secs - a.cpu_secs,
-        });
-    }
-    if !s.gateway_pids.is_empty() {
-        let grown: i64 = s
-            .gateway_pids
-            .iter()
-            .enumerate()
-            .map(|(i, _)| {
-                i64::try_from(u_connected[i].rss_kib).unwrap_or(0)
-                    - i64::try_from(u_enrolled[i].rss_kib).unwrap_or(0)
-            })
-            .sum();
-        report.gateway_kib_per_connection = Some(grown as f64 / s.appliances as f64);
-    }
+    fill_gateway_usage(
+        &mut report,
+        &s.gateway_pids,
+        [&u_start, &u_enrolled, &u_connected, &u_end],
+    );
     if s.storm {
         let st = &shared.storm;
         let first = st.first_refusal.get().copied();
@@ -914,6 +976,35 @@ pub async fn run(s: LoadSettings) -> anyhow::Result<LoadReport> {
     Ok(report)
 }
 
+/// The gateways' figures from their usage at the start, after enrolment, once connected
+/// and at the end of the run.
+#[allow(clippy::cast_precision_loss)]
+fn fill_gateway_usage(report: &mut LoadReport, pids: &[u32], u: [&[ProcUsage]; 4]) {
+    let [u_start, u_enrolled, u_connected, u_end] = u;
+    for (i, pid) in pids.iter().enumerate() {
+        let (a, e, c, z) = (u_start[i], u_enrolled[i], u_connected[i], u_end[i]);
+        report.gateway_usage.push(GatewayUsage {
+            pid: *pid,
+            rss_start_kib: a.rss_kib,
+            rss_connected_kib: c.rss_kib,
+            rss_end_kib: z.rss_kib,
+            rss_peak_kib: z.hwm_kib,
+            cpu_secs: z.cpu_secs - c.cpu_secs,
+            cpu_percent_of_one_core: (z.cpu_secs - c.cpu_secs) / report.run_secs * 100.0,
+            enrol_cpu_secs: e.cpu_secs - a.cpu_secs,
+        });
+    }
+    if !pids.is_empty() {
+        let grown: i64 = (0..pids.len())
+            .map(|i| {
+                i64::try_from(u_connected[i].rss_kib).unwrap_or(0)
+                    - i64::try_from(u_enrolled[i].rss_kib).unwrap_or(0)
+            })
+            .sum();
+        report.gateway_kib_per_connection = Some(grown as f64 / report.appliances as f64);
+    }
+}
+
 impl LoadReport {
     /// The report for people.
     #[must_use]
@@ -922,9 +1013,16 @@ impl LoadReport {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "appliances {} against {} (payload {}: {} B zstd with inventory, {} B without)",
+            "appliances {} against {} from {} in {} process(es) (payload {}: {} B zstd with \
+             inventory, {} B without)",
             self.appliances,
             self.gateways.join(", "),
+            if self.sources.is_empty() {
+                "the default source address".to_string()
+            } else {
+                self.sources.join(", ")
+            },
+            self.workers,
             self.payload,
             self.batch_bytes_with_inventory,
             self.batch_bytes_metrics_only
@@ -1008,4 +1106,307 @@ impl LoadReport {
         }
         o
     }
+}
+
+/// A worker's share of the fleet, sent by the parent as one JSON line on its stdin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// Gateways.
+    pub gateways: Vec<SocketAddr>,
+    /// The Outpost CA (PEM).
+    pub ca_pem: String,
+    /// The auto-approve token.
+    pub token: String,
+    /// Appliances of this worker.
+    pub appliances: usize,
+    /// Index of its first appliance in the fleet.
+    pub first_index: usize,
+    /// See [`LoadSettings`].
+    pub interval: Duration,
+    /// See [`LoadSettings`].
+    pub duration: Duration,
+    /// See [`LoadSettings`].
+    pub enrol_concurrency: usize,
+    /// See [`LoadSettings`].
+    pub poll_wait: Duration,
+    /// See [`LoadSettings`].
+    pub inventory_every: u32,
+    /// See [`LoadSettings`].
+    pub backoff_max: Duration,
+    /// See [`LoadSettings`].
+    pub seed: u64,
+    /// See [`LoadSettings`].
+    pub sources: Vec<IpAddr>,
+    /// The payload's inventory.
+    pub inventory: HostInventory,
+    /// The payload's metrics.
+    pub metrics: HostMetrics,
+    /// `real` or `synthetic`.
+    pub payload_source: String,
+}
+
+impl WorkerSpec {
+    fn settings(self) -> LoadSettings {
+        LoadSettings {
+            gateways: self.gateways,
+            ca_pem: self.ca_pem,
+            token: self.token,
+            appliances: self.appliances,
+            interval: self.interval,
+            duration: self.duration,
+            enrol_concurrency: self.enrol_concurrency,
+            poll_wait: self.poll_wait,
+            inventory_every: self.inventory_every,
+            backoff_max: self.backoff_max,
+            gateway_pids: Vec::new(),
+            storm: false,
+            ready_file: None,
+            seed: self.seed,
+            payload: Payload {
+                inventory: self.inventory,
+                metrics: self.metrics,
+                source: if self.payload_source == "real" {
+                    "real"
+                } else {
+                    "synthetic"
+                },
+            },
+            sources: self.sources,
+            first_index: self.first_index,
+        }
+    }
+}
+
+/// What a worker says on stdout at each phase, and hears back on stdin to go on.
+const WORKER_PHASES: [(Phase, &str, &str); 2] = [
+    (Phase::Enrolled, "enrolled", "connect"),
+    (Phase::Connected, "connected", "go"),
+];
+
+/// A worker's side of the phases: report on stdout, wait for the parent's word on stdin.
+struct WorkerPhases {
+    stdin: tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>,
+}
+
+async fn say(line: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut out = tokio::io::stdout();
+    out.write_all(format!("{line}\n").as_bytes())
+        .await
+        .context("write to the parent")?;
+    out.flush().await.context("write to the parent")
+}
+
+impl Phases for WorkerPhases {
+    async fn reached(&mut self, phase: Phase) -> anyhow::Result<()> {
+        let (_, said, expected) = WORKER_PHASES
+            .iter()
+            .find(|(p, _, _)| *p == phase)
+            .context("unknown phase")?;
+        say(said).await?;
+        let heard = self
+            .stdin
+            .next_line()
+            .await
+            .context("read from the parent")?
+            .context("the parent closed stdin")?;
+        anyhow::ensure!(
+            heard.trim() == *expected,
+            "the parent said {heard:?}, expected {expected:?}"
+        );
+        Ok(())
+    }
+
+    fn keeps_samples(&self) -> bool {
+        true
+    }
+}
+
+/// The worker's side of [`run_workers`] (`outpost-loadgen --worker`): reads its
+/// [`WorkerSpec`] from stdin, runs its share phase by phase, prints its report as one JSON
+/// line on stdout.
+///
+/// # Errors
+/// A bad spec, a failed run, or the parent gone.
+pub async fn run_worker() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let line = stdin
+        .next_line()
+        .await
+        .context("read the worker spec")?
+        .context("no worker spec on stdin")?;
+    let spec: WorkerSpec = serde_json::from_str(&line).context("parse the worker spec")?;
+    let report = run_phased(spec.settings(), &mut WorkerPhases { stdin }).await?;
+    say(&serde_json::to_string(&report)?).await
+}
+
+/// One worker process as the parent sees it.
+struct Worker {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    index: usize,
+}
+
+impl Worker {
+    async fn expect(&mut self, what: &str, within: Duration) -> anyhow::Result<String> {
+        let line = tokio::time::timeout(within, self.stdout.next_line())
+            .await
+            .with_context(|| format!("worker {} did not say {what} within {within:?}", self.index))?
+            .with_context(|| format!("read from worker {}", self.index))?
+            .with_context(|| format!("worker {} ended before {what}", self.index))?;
+        Ok(line)
+    }
+
+    async fn tell(&mut self, line: &str) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .with_context(|| format!("write to worker {}", self.index))?;
+        self.stdin
+            .flush()
+            .await
+            .with_context(|| format!("write to worker {}", self.index))
+    }
+}
+
+/// Runs the fleet of `s` split over `workers` processes of `exe` (`outpost-loadgen`, run
+/// with `--worker`), measures the gateways itself at the same phases as [`run`] does, and
+/// adds the workers' reports up. The workers are killed if this returns early.
+///
+/// # Errors
+/// Storm mode (one process only), a worker that fails or falls silent past its bound.
+#[allow(clippy::too_many_lines, clippy::cast_precision_loss)]
+pub async fn run_workers(
+    s: LoadSettings,
+    workers: usize,
+    exe: &std::path::Path,
+) -> anyhow::Result<LoadReport> {
+    use tokio::io::AsyncBufReadExt;
+    anyhow::ensure!(!s.storm, "storm mode runs in one process; drop --workers");
+    anyhow::ensure!(!s.gateways.is_empty(), "no gateway to load");
+    anyhow::ensure!(s.appliances > 0, "no appliances to simulate");
+    let k = workers.clamp(1, s.appliances);
+    // Enrolment runs at a few hundred per second; allow far more.
+    let setup_bound = Duration::from_secs(300)
+        + Duration::from_millis(50) * u32::try_from(s.appliances).unwrap_or(u32::MAX);
+    let run_bound = s.duration + Duration::from_secs(300);
+    let u_start = usage_of(&s.gateway_pids);
+    let started = Instant::now();
+    let mut ws = Vec::with_capacity(k);
+    let mut first = s.first_index;
+    for index in 0..k {
+        let share = s.appliances / k + usize::from(index < s.appliances % k);
+        let spec = WorkerSpec {
+            gateways: s.gateways.clone(),
+            ca_pem: s.ca_pem.clone(),
+            token: s.token.clone(),
+            appliances: share,
+            first_index: first,
+            interval: s.interval,
+            duration: s.duration,
+            enrol_concurrency: s.enrol_concurrency.div_ceil(k).max(1),
+            poll_wait: s.poll_wait,
+            inventory_every: s.inventory_every,
+            backoff_max: s.backoff_max,
+            seed: s.seed,
+            sources: s.sources.clone(),
+            inventory: s.payload.inventory.clone(),
+            metrics: s.payload.metrics.clone(),
+            payload_source: s.payload.source.to_string(),
+        };
+        first += share;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("--worker")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start worker {index}: {}", exe.display()))?;
+        let stdin = child.stdin.take().context("worker stdin")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let mut w = Worker {
+            child,
+            stdin,
+            stdout: tokio::io::BufReader::new(stdout).lines(),
+            index,
+        };
+        w.tell(&serde_json::to_string(&spec)?).await?;
+        ws.push(w);
+    }
+    for w in &mut ws {
+        let l = w.expect("enrolled", setup_bound).await?;
+        anyhow::ensure!(l == "enrolled", "worker {} said {l:?}", w.index);
+    }
+    let enrol_secs = started.elapsed().as_secs_f64();
+    let u_enrolled = usage_of(&s.gateway_pids);
+    let connecting = Instant::now();
+    for w in &mut ws {
+        w.tell("connect").await?;
+    }
+    for w in &mut ws {
+        let l = w.expect("connected", setup_bound).await?;
+        anyhow::ensure!(l == "connected", "worker {} said {l:?}", w.index);
+    }
+    let connect_secs = connecting.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let u_connected = usage_of(&s.gateway_pids);
+    for w in &mut ws {
+        w.tell("go").await?;
+    }
+    let mut parts = Vec::with_capacity(k);
+    for w in &mut ws {
+        let l = w.expect("its report", run_bound).await?;
+        let r: LoadReport =
+            serde_json::from_str(&l).with_context(|| format!("worker {}'s report", w.index))?;
+        parts.push(r);
+    }
+    for w in &mut ws {
+        let st = tokio::time::timeout(Duration::from_secs(30), w.child.wait())
+            .await
+            .with_context(|| format!("worker {} did not exit", w.index))??;
+        anyhow::ensure!(st.success(), "worker {} failed: {st}", w.index);
+    }
+    let u_end = usage_of(&s.gateway_pids);
+
+    let mut report = LoadReport {
+        appliances: s.appliances,
+        gateways: s.gateways.iter().map(ToString::to_string).collect(),
+        sources: s.sources.iter().map(ToString::to_string).collect(),
+        workers: k,
+        payload: s.payload.source.to_string(),
+        enrol_secs,
+        enrol_per_sec: s.appliances as f64 / enrol_secs.max(f64::MIN_POSITIVE),
+        connect_secs,
+        ..LoadReport::default()
+    };
+    let mut lat = Latency::default();
+    for p in parts {
+        report.batch_bytes_with_inventory = p.batch_bytes_with_inventory;
+        report.batch_bytes_metrics_only = p.batch_bytes_metrics_only;
+        report.run_secs = report.run_secs.max(p.run_secs);
+        report.batches_sent += p.batches_sent;
+        report.batches_acked += p.batches_acked;
+        report.records_acked += p.records_acked;
+        report.duplicates += p.duplicates;
+        report.busy_answers += p.busy_answers;
+        report.polls_answered += p.polls_answered;
+        report.reconnects += p.reconnects;
+        for (k, v) in p.errors {
+            *report.errors.entry(k).or_insert(0) += v;
+        }
+        lat.samples.extend(p.latency_samples_ms);
+    }
+    report.batches_per_sec = report.batches_acked as f64 / report.run_secs.max(f64::MIN_POSITIVE);
+    report.records_per_sec = report.records_acked as f64 / report.run_secs.max(f64::MIN_POSITIVE);
+    report.ingest_latency = LatencySummary::of(lat);
+    fill_gateway_usage(
+        &mut report,
+        &s.gateway_pids,
+        [&u_start, &u_enrolled, &u_connected, &u_end],
+    );
+    Ok(report)
 }

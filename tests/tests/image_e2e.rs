@@ -8,11 +8,13 @@
 //!    auto-approve bootstrap token;
 //! 2. build A with an empty cache, with that gateway's CA, port and token;
 //! 3. first boot: the appliance names itself from the recipe's pattern
-//!    (`outpost-{machine_id:8}`), enrols, is approved and reports; clean power-off; then
-//!    the booted disk's ESP shows slot a's entry blessed by systemd-bless-boot
+//!    (`outpost-{machine_id:8}`), enrols, is approved and reports; the update agent's boot
+//!    check commits slot a; clean power-off; then
+//!    the booted disk's ESP shows slot a's entry blessed
 //!    (`outpost-a+3.conf` renamed to `outpost-a.conf`) and slot b's untouched;
 //! 4. second boot of the same disk: first-boot work does not run again, the host name is
-//!    the same, and the same appliance (same id, no second enrolment) reports again;
+//!    the same, and the same appliance (same id, no second enrolment) reports again; the
+//!    update agent's boot check finds slot a committed and reports slot and version;
 //! 5. build B of the same inputs with another empty cache: the raw and qcow2 images have
 //!    the same sha256 as build A's (the reproducibility acceptance test).
 //!
@@ -52,6 +54,13 @@ const EXAMPLE_RECIPE: &str = "examples/appliance/recipe.toml";
 const HOST_FROM_GUEST: &str = "10.0.2.2";
 /// The line the first-boot script prints when it is done (usr/lib/outpost/firstboot).
 const FIRSTBOOT_DONE: &str = "outpost-firstboot: first boot done";
+/// What `outpost-updater boot-check` (outpost-boot-check.service, output on the console)
+/// prints on the first boot: the factory's counted entry for slot a is committed.
+const BOOT_CHECK_FIRST: &str = "slot a committed";
+/// ... and on the second boot, when slot a is already committed.
+const BOOT_CHECK_SECOND: &str = "slot a running; nothing on trial";
+/// How long after the appliance reported the boot check's line or report may still take.
+const BOOT_CHECK_TIMEOUT: Duration = Duration::from_secs(3 * 60);
 /// OVMF firmware (code, read-only) and the variable store template (copied per test).
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
@@ -155,8 +164,8 @@ struct BuildInputs {
     /// The recipe's `[image] source_date_epoch`, given to `outpost-layout` as
     /// `SOURCE_DATE_EPOCH` for the file-system times it writes.
     source_date_epoch: i64,
-    /// Copies of `outpost-collector` (installed in the image), `outpost-image` and
-    /// `outpost-layout` taken when the test starts, so a rebuild of the workspace while the
+    /// Copies of `outpost-collector` and `outpost-updater` (installed in the image),
+    /// `outpost-image` and `outpost-layout` taken when the test starts, so a rebuild of the workspace while the
     /// test runs cannot make build A and build B differ.
     bin_dir: PathBuf,
 }
@@ -169,7 +178,12 @@ impl BuildInputs {
 
 /// Copies the built binaries the image build uses into `dir`.
 fn snapshot_binaries(dir: &Path) -> anyhow::Result<()> {
-    for name in [bins::COLLECTOR, "outpost-image", "outpost-layout"] {
+    for name in [
+        bins::COLLECTOR,
+        bins::UPDATER,
+        "outpost-image",
+        "outpost-layout",
+    ] {
         let from = bins::binary(name)?;
         std::fs::copy(&from, dir.join(name))
             .with_context(|| format!("failed to copy {} into {}", from.display(), dir.display()))?;
@@ -445,6 +459,33 @@ fn wait_enrolled_and_reporting(
     Ok((id, show))
 }
 
+/// Waits until the guest's console shows `line`.
+fn wait_console(clock: &Clock, vm: &mut Appliance, what: &str, line: &str) -> anyhow::Result<()> {
+    wait_for(
+        what,
+        clock.bound(BOOT_CHECK_TIMEOUT)?,
+        Duration::from_secs(2),
+        || {
+            vm.check_running()?;
+            Ok(vm.console().contains(line).then_some(()))
+        },
+    )
+    .with_context(|| vm.console_tail())
+}
+
+/// `[image] version` of a recipe's text.
+fn recipe_image_version(recipe: &str) -> anyhow::Result<String> {
+    let table: toml::Table = recipe
+        .parse()
+        .with_context(|| format!("{EXAMPLE_RECIPE} is not TOML"))?;
+    table
+        .get("image")
+        .and_then(|i| i.get("version"))
+        .and_then(toml::Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("{EXAMPLE_RECIPE}: [image] version is not a string"))
+}
+
 /// `[image] source_date_epoch` of a recipe's text.
 fn recipe_source_date_epoch(recipe: &str) -> anyhow::Result<i64> {
     let table: toml::Table = recipe
@@ -608,14 +649,23 @@ fn appliance_image_enrols_on_first_boot_keeps_identity_on_reboot_and_is_reproduc
         "first boot set another hostname than the one reported:\n{}",
         vm.console_tail()
     );
+    // The update agent's boot check ran (outpost-boot-check.service): the factory's counted
+    // entry is committed without the health check.
+    wait_console(
+        &clock,
+        &mut vm,
+        "the boot check to commit slot a (console)",
+        BOOT_CHECK_FIRST,
+    )?;
     let boot_time1 = show1["inventory"]["boot_time"].clone();
     let batches1 = count(&show1, "batches");
     vm.power_off(&clock, "first boot")?;
     drop(vm);
 
     // Boot counting: systemd-boot renamed outpost-a+3.conf to outpost-a+2-1.conf when it
-    // booted it; once the boot completed, systemd-bless-boot (the ESP mounted on /boot/efi)
-    // renamed it to outpost-a.conf. Unblessed, slot a would be marked bad after 3 boots.
+    // booted it; before boot-complete.target the boot check renamed it to outpost-a.conf, and
+    // systemd-bless-boot (the ESP mounted on /boot/efi) found it done. Unblessed, slot a would
+    // be marked bad after 3 boots.
     clock.stage("first boot: reading the boot entries on the booted disk's ESP");
     let entries = boot_entries_of(&clock, &inputs, &disk, &vm_dir)?;
     clock.stage(&format!("first boot: ESP entries {entries:?}"));
@@ -661,6 +711,30 @@ fn appliance_image_enrols_on_first_boot_keeps_identity_on_reboot_and_is_reproduc
         hostname.as_str(),
         "the hostname changed on the second boot: {show2}"
     );
+    // The boot check reports to the gateway once the collector's identity exists (from the
+    // second boot on; the image has no feed root, so the agent loop does not run).
+    wait_console(
+        &clock,
+        &mut vm,
+        "the second boot's boot check (console)",
+        BOOT_CHECK_SECOND,
+    )?;
+    let update = wait_show(
+        &gw,
+        &id,
+        "the boot check's update report (appliances show: update.reported)",
+        clock.bound(BOOT_CHECK_TIMEOUT)?,
+        |v| v["update"]["reported"] == true,
+    )
+    .with_context(|| vm.console_tail())?["update"]
+        .clone();
+    assert_eq!(update["current_slot"], "a", "{update}");
+    assert_eq!(
+        update["current_version"],
+        recipe_image_version(&recipe)?.as_str(),
+        "{update}"
+    );
+    assert!(update["staged_version"].is_null(), "{update}");
     let console2 = vm.console();
     assert!(
         !console2.contains(FIRSTBOOT_DONE),

@@ -444,8 +444,37 @@ pub enum BootCheck {
     },
 }
 
-/// After boot: if the booted entry is on trial, runs the health check and blesses or marks it
-/// bad; notices a fallback; updates `state`.
+/// Whether [`boot_check`] will judge the booted slot by the health check: its entry is on
+/// trial and it holds the version this agent staged. An entry on trial that the agent did not
+/// stage (the factory's `+3` entries, or a state directory that was lost) is committed without
+/// the check, so [`health_check`] need not run (and wait) for it.
+///
+/// # Errors
+/// [`AgentError`] when the booted slot or its entry cannot be read.
+pub fn needs_health_check(cfg: &Config, state: &AgentState) -> Result<bool, AgentError> {
+    let slot = booted_slot(cfg)?;
+    let entry = bootcount::find_entry(&cfg.slots.esp, slot)?;
+    Ok(entry.as_ref().is_some_and(|e| e.name.counter.is_some()) && staged_in(state, slot))
+}
+
+fn staged_in(state: &AgentState, slot: Slot) -> bool {
+    state
+        .staged
+        .as_ref()
+        .is_some_and(|s| s.slot == slot.as_str())
+}
+
+/// After boot: if the booted entry is on trial, blesses it or marks it bad; notices a
+/// fallback; updates `state`.
+///
+/// Only a version this agent staged is judged by `health`: healthy, its entry is blessed
+/// (renamed without the counter); unhealthy, it is marked bad (`+0-N`) and rejected. An
+/// entry on trial that the agent did not stage (the factory's `+3`, or after `state.json` was
+/// lost) is blessed without calling `health`: marking it bad would only send the box to the
+/// other factory slot, or back to one that is no better known. The blessing is the agent's own
+/// (file-backed ESPs have no systemd-bless-boot); on a box, `systemd-bless-boot.service` runs
+/// after `boot-complete.target`, finds the entry already renamed and does nothing
+/// (docs/updates.md).
 ///
 /// # Errors
 /// [`AgentError`] when the booted slot or the entries cannot be read or renamed.
@@ -459,6 +488,11 @@ pub fn boot_check(
     let on_trial = entry.as_ref().is_some_and(|e| e.name.counter.is_some());
     state.restart_done = false;
     state.restart_requested = false;
+    if on_trial && !staged_in(state, slot) {
+        bootcount::bless(&cfg.slots.esp, slot)?;
+        info!(%slot, "on trial but not staged by this agent (factory entry or lost state); committed without the health check");
+        return Ok(BootCheck::Committed { slot });
+    }
     if on_trial {
         let version = state.version_of(slot).unwrap_or("unknown").to_string();
         return Ok(match health() {
@@ -1210,6 +1244,77 @@ mod tests {
         assert!(st.last_error.is_some());
         st.clear_error(ErrorSource::Install);
         assert_eq!((st.last_error, st.last_error_from), (None, None));
+    }
+
+    /// A file-backed box: slot a booted (kernel command line), entries as given.
+    fn trial_box(entries: &[&str]) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = dir.path().join("esp/loader/entries");
+        std::fs::create_dir_all(&esp).unwrap();
+        for e in entries {
+            std::fs::write(
+                esp.join(e),
+                "title t\nsort-key outpost\nversion 1\nlinux /l\noptions root=PARTLABEL=root-a rw\n",
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.path().join("cmdline"), "root=PARTLABEL=root-a rw\n").unwrap();
+        let p = dir.path().join("updater.toml");
+        let cfg = crate::config::RawConfig::parse(
+            &p,
+            "box_tz = \"UTC\"\n[slots]\nesp = \"esp\"\ncmdline = \"cmdline\"\n",
+        )
+        .unwrap()
+        .resolve(&p, dir.path())
+        .unwrap();
+        (dir, cfg)
+    }
+
+    fn entry_names(cfg: &Config) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(cfg.slots.esp.join("loader/entries"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Regression: the factory's counted entry, booted without a gateway in reach, failed the
+    /// collector check, was marked bad and the box rebooted into the other factory slot.
+    #[test]
+    fn a_factory_entry_on_trial_is_committed_without_the_health_check() {
+        let (_dir, cfg) = trial_box(&["outpost-a+2-1.conf", "outpost-b+3.conf"]);
+        let mut st = AgentState::default();
+        assert!(!needs_health_check(&cfg, &st).unwrap());
+        let out = boot_check(&cfg, &mut st, || {
+            panic!("health check run for a factory entry")
+        });
+        assert_eq!(out.unwrap(), BootCheck::Committed { slot: Slot::A });
+        assert_eq!(entry_names(&cfg), ["outpost-a.conf", "outpost-b+3.conf"]);
+        assert_eq!(st.last_error, None);
+    }
+
+    #[test]
+    fn a_staged_version_on_trial_is_judged_by_the_health_check() {
+        let (_dir, cfg) = trial_box(&["outpost-a+2-1.conf", "outpost-b.conf"]);
+        let mut st = AgentState {
+            version_a: Some("1.1.0".into()),
+            staged: Some(Staged {
+                slot: "a".into(),
+                version: "1.1.0".into(),
+                sha256: "00".into(),
+            }),
+            ..AgentState::default()
+        };
+        assert!(needs_health_check(&cfg, &st).unwrap());
+        let out = boot_check(&cfg, &mut st, || Err("collector not connected".into())).unwrap();
+        assert!(
+            matches!(out, BootCheck::Failed { slot: Slot::A, .. }),
+            "{out:?}"
+        );
+        assert_eq!(entry_names(&cfg), ["outpost-a+0-3.conf", "outpost-b.conf"]);
+        assert_eq!(st.rejected, ["1.1.0"]);
+        assert!(!needs_health_check(&cfg, &st).unwrap());
     }
 
     #[test]

@@ -46,8 +46,9 @@ enum Cmd {
         json: bool,
     },
     /// After boot (from a unit ordered Before=boot-complete.target): if the booted slot is on
-    /// trial, run the health check and commit it, or mark it bad so the next boot falls back.
-    /// Exits 3 when the check failed.
+    /// trial with a version this agent staged, run the health check and commit it, or mark it
+    /// bad so the next boot falls back; an entry on trial it did not stage (the factory's) is
+    /// committed without the check. Exits 3 when the check failed.
     BootCheck,
     /// TEST AID for file-backed ESPs only: do what systemd-boot does at a boot (pick the
     /// entry, count down its tries) and record the chosen entry. Never use on a real ESP.
@@ -138,8 +139,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Status { json } => status(&cfg, json),
         Cmd::BootCheck => runtime()?.block_on(async move {
             let mut state = agent::load_state(&cfg.state_dir)?;
-            let c2 = cfg.clone();
-            let health = agent::health_check(&c2).await;
+            // Only a version this agent staged, booted on trial, is judged by the checks;
+            // anything else is decided without waiting for them.
+            let health = if agent::needs_health_check(&cfg, &state).unwrap_or(false) {
+                agent::health_check(&cfg).await
+            } else {
+                Ok(())
+            };
             let outcome = agent::boot_check(&cfg, &mut state, move || health);
             agent::save_state(&cfg.state_dir, &state)?;
             agent::report_once(&cfg, &state).await;

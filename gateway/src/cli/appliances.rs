@@ -85,7 +85,8 @@ pub enum AppliancesCmd {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Revoke an appliance: its certificate is refused from the next request on.
+    /// Revoke an appliance: its certificate is refused from the next request on (the command
+    /// returns after the gateways' certificate caches have dropped it, about 2 s).
     Revoke {
         /// Appliance id (ap-…).
         id: String,
@@ -253,6 +254,9 @@ pub fn run(c: AppliancesCmd) -> Result<(), CliError> {
                 let (_, store) = open(&config.config).await?;
                 store.revoke(&id, now_ms()).await?;
                 store.close().await;
+                // Running gateways may accept the certificate from their cache for up to
+                // this long; once it has passed, every one of them refuses it.
+                tokio::time::sleep(outpost_gateway::cert_cache::REVOCATION_BOUND).await;
                 tracing::info!(appliance = %id, "revoked");
                 println!("revoked {id}; its certificate is refused from its next request");
                 Ok(())

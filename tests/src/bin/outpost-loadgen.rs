@@ -2,7 +2,7 @@
 //! with its own enrolled certificate and TLS connection, and reports what it measured.
 //! The logic is `outpost_tests::loadgen`; this is the command line.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +32,11 @@ batch and now and then), reconnecting with backoff after errors. Loopback addres
   --ready-file F         written when storm mode is armed
   --payload real|synthetic  a real collection of this machine (default) or a made-up one
   --seed S               seed of every random choice (default 1)
+  --source IP[,IP…]      bind the appliances' connections to these local addresses, round
+                         robin (127.0.0.0/8; one address has ~28,000 ephemeral ports)
+  --sources K            the same as --source 127.0.0.2,…,127.0.0.(K+1)
+  --workers K            split the fleet over K processes of this program (each has its
+                         own open-file limit); the report adds theirs up (no --storm)
   --json                 print the report as JSON
 ";
 
@@ -53,12 +58,13 @@ fn duration(v: &str, what: &str) -> anyhow::Result<Duration> {
     humantime::parse_duration(v).with_context(|| format!("{what} {v:?}"))
 }
 
-fn parse() -> anyhow::Result<(LoadSettings, bool)> {
+fn parse() -> anyhow::Result<(LoadSettings, bool, usize)> {
     let mut gateways: Vec<SocketAddr> = Vec::new();
     let mut ca: Option<PathBuf> = None;
     let mut token: Option<String> = None;
     let mut json = false;
     let mut payload = "real".to_string();
+    let mut workers = 1usize;
     let mut s = LoadSettings {
         gateways: Vec::new(),
         ca_pem: String::new(),
@@ -75,6 +81,8 @@ fn parse() -> anyhow::Result<(LoadSettings, bool)> {
         ready_file: None,
         seed: 1,
         payload: Payload::synthetic(),
+        sources: Vec::new(),
+        first_index: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -121,6 +129,17 @@ fn parse() -> anyhow::Result<(LoadSettings, bool)> {
             "--ready-file" => s.ready_file = Some(PathBuf::from(v)),
             "--payload" => payload = v,
             "--seed" => s.seed = v.parse().context("--seed")?,
+            "--source" => s.sources = parse_list(&v, "--source")?,
+            "--sources" => {
+                let k: u8 = v.parse().context("--sources (1 to 250)")?;
+                if k == 0 || k > 250 {
+                    bail!("--sources {k}: expected 1 to 250");
+                }
+                s.sources = (2..=k.saturating_add(1))
+                    .map(|i| IpAddr::from([127, 0, 0, i]))
+                    .collect();
+            }
+            "--workers" => workers = v.parse().context("--workers")?,
             other => bail!("unknown option {other} (see --help)"),
         }
     }
@@ -129,6 +148,15 @@ fn parse() -> anyhow::Result<(LoadSettings, bool)> {
     }
     if let Some(g) = gateways.iter().find(|g| !g.ip().is_loopback()) {
         bail!("--gateway {g}: only loopback addresses are allowed");
+    }
+    if let Some(ip) = s.sources.iter().find(|ip| !ip.is_loopback()) {
+        bail!("--source {ip}: only loopback addresses are allowed");
+    }
+    if workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if workers > 1 && s.storm {
+        bail!("--storm runs in one process; drop --workers");
     }
     if s.appliances == 0 || s.interval.is_zero() || s.duration.is_zero() {
         bail!("--appliances, --interval and --duration must be above zero");
@@ -142,11 +170,25 @@ fn parse() -> anyhow::Result<(LoadSettings, bool)> {
         "synthetic" => Payload::synthetic(),
         other => bail!("--payload {other}: expected real or synthetic"),
     };
-    Ok((s, json))
+    Ok((s, json, workers))
 }
 
 fn main() -> ExitCode {
-    let (settings, json) = match parse() {
+    if std::env::args().nth(1).as_deref() == Some("--worker") {
+        // One share of a fleet, driven by its parent through stdin and stdout.
+        loadgen::raise_fd_limit();
+        let result = tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(loadgen::run_worker()));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: worker: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let (settings, json, workers) = match parse() {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -160,7 +202,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(loadgen::run(settings)) {
+    let result = if workers > 1 {
+        match std::env::current_exe() {
+            Ok(exe) => rt.block_on(loadgen::run_workers(settings, workers, &exe)),
+            Err(e) => Err(anyhow::anyhow!(
+                "cannot find this program to start workers: {e}"
+            )),
+        }
+    } else {
+        rt.block_on(loadgen::run(settings))
+    };
+    match result {
         Ok(report) => {
             if json {
                 match serde_json::to_string_pretty(&report) {
