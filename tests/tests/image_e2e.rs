@@ -260,7 +260,10 @@ fn build_image(
         .arg("--out")
         .arg(&out)
         .arg("--format")
-        .arg("raw,qcow2");
+        .arg("raw,qcow2")
+        // This build's own (empty) cache: both builds are cold, and the user's is untouched.
+        .arg("--cache")
+        .arg(cache.join("layout"));
     run_step(
         &format!("outpost-layout build ({label})"),
         cmd,
