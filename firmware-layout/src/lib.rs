@@ -13,6 +13,8 @@
 //! - [`fsbuild`] makes file systems from directories without mounting (`mkfs.ext4 -d` + `debugfs`
 //!   time pinning, `mkfs.vfat --invariant` + mtools, `mkfs.erofs`); [`rootfs`] unpacks the archive
 //!   and finds the kernel; [`entries`] writes systemd-boot's config with boot counting.
+//! - [`cache`] keeps each partition's file system under the hash of its inputs, so a rebuild
+//!   makes only what changed (the root slots after a new rootfs), with the same bytes.
 //! - [`image`] orchestrates a build into temporary names and renames at the end; [`inspect`]
 //!   reads an image back; [`qemu`] boots one under OVMF.
 //!
