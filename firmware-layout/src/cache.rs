@@ -81,39 +81,26 @@ pub fn sha256_of_file(path: &Path) -> Result<String, LayoutError> {
     }
 }
 
-/// sha256 over a directory tree: every path (sorted), its kind, mode and content.
+/// sha256 over a directory tree: every path (in [`crate::fsbuild::walk`]'s order), its mode,
+/// and a file's content or a symlink's target.
 ///
 /// # Errors
 /// Listing or reading fails.
 pub fn sha256_of_tree(root: &Path) -> Result<String, LayoutError> {
     use std::os::unix::fs::PermissionsExt;
     let mut h = Sha256::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(LayoutError::io("list", &dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(LayoutError::io("list", &dir))?;
-        names.sort();
-        // Reverse so the stack visits children in name order.
-        for n in names.into_iter().rev() {
-            let child = rel.join(n);
-            let path = root.join(&child);
-            let meta = std::fs::symlink_metadata(&path).map_err(LayoutError::io("stat", &path))?;
-            h.update(child.to_string_lossy().as_bytes());
-            h.update(format!(" {:o}\n", meta.permissions().mode()));
-            if meta.is_dir() {
-                stack.push(child);
-            } else if meta.is_file() {
-                h.update(sha256_of_file(&path)?);
-            } else if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(&path).map_err(LayoutError::io("read", &path))?;
-                h.update(target.to_string_lossy().as_bytes());
-            }
-            h.update(b"\n");
+    for rel in crate::fsbuild::walk(root)? {
+        let path = root.join(&rel);
+        let meta = std::fs::symlink_metadata(&path).map_err(LayoutError::io("stat", &path))?;
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update(format!(" {:o}\n", meta.permissions().mode()));
+        if meta.is_file() {
+            h.update(sha256_of_file(&path)?);
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).map_err(LayoutError::io("read", &path))?;
+            h.update(target.to_string_lossy().as_bytes());
         }
+        h.update(b"\n");
     }
     Ok(hex::encode(h.finalize()))
 }

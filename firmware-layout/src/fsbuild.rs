@@ -134,8 +134,12 @@ fn debugfs_quote(rel: &Path) -> Option<String> {
     Some(format!("\"/{s}\""))
 }
 
-/// Lists every path under `root` (relative, sorted), the root itself first as "".
-fn walk(root: &Path) -> Result<Vec<PathBuf>, LayoutError> {
+/// Lists every path under `root` (relative; each directory's entries in name order, the same
+/// order for the same tree), the root itself first as "".
+///
+/// # Errors
+/// A directory cannot be listed or an entry cannot be stat'ed.
+pub fn walk(root: &Path) -> Result<Vec<PathBuf>, LayoutError> {
     let mut out = vec![PathBuf::new()];
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
