@@ -79,6 +79,8 @@ pub struct Gateway {
     addr: Option<SocketAddr>,
     /// The address of the last `serve` run, kept across a stop for [`Gateway::restart`].
     last_addr: Option<SocketAddr>,
+    /// Soft and hard open-file limit `serve` runs under (through `prlimit`), if set.
+    open_files: Option<u64>,
 }
 
 impl Gateway {
@@ -115,7 +117,14 @@ impl Gateway {
             server: None,
             addr: None,
             last_addr: None,
+            open_files: None,
         })
+    }
+
+    /// Makes later `serve` runs start under `prlimit --nofile=N:N` (util-linux), so a test can
+    /// run the gateway out of file descriptors with a few connections.
+    pub fn set_open_files_limit(&mut self, n: u64) {
+        self.open_files = Some(n);
     }
 
     /// [`Gateway::init`] with SANs `127.0.0.1` and `localhost`.
@@ -238,7 +247,14 @@ impl Gateway {
         }
         let addr_file = self.addr_file();
         let _ = std::fs::remove_file(&addr_file);
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.open_files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(self.config_path())
