@@ -236,8 +236,9 @@ fn discovers_real_qemu_guests_and_notices_one_stopping() {
     assert!(last.is_empty(), "{last:#?}");
 }
 
-/// A transient libvirt domain, where libvirt runs on this machine. Starting libvirtd just
-/// for a test is not attempted (it needs its own daemons, sockets and privileges).
+/// A transient libvirt domain, where a system libvirtd runs on this machine. This test does
+/// not start one; tests/tests/libvirt.rs does (its own virtlogd and libvirtd, as root) and
+/// checks the same discovery end to end through the gateway.
 #[test]
 fn discovers_a_libvirt_domain_where_libvirt_runs() {
     if on_path("virsh").is_none() {
@@ -256,7 +257,7 @@ fn discovers_a_libvirt_domain_where_libvirt_runs() {
         .status()
         .is_ok_and(|s| s.success());
     if !reachable {
-        skip("libvirtd is not reachable at qemu:///system; libvirt discovery is covered by the status-XML fixtures");
+        skip("no system libvirtd at qemu:///system; tests/tests/libvirt.rs starts its own and covers a real domain end to end");
         return;
     }
 
